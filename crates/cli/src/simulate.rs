@@ -1,0 +1,138 @@
+//! `crmflow simulate`: the decision core over a JSON Lines file of records, no Kafka.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde_json::Value;
+
+use crmflow_codec::{dead_letter_headers, decode_input_value, DecodeError, Envelope, ErrorKind, Source, TopicNames};
+use crmflow_domain::{MemoryState, OutputEvent, Tally};
+
+/// What a simulation did, for the summary on stderr.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Input lines processed (blank lines excluded).
+    pub lines: u64,
+    /// What the core decided.
+    pub tally: Tally,
+    /// Output records per topic.
+    pub outputs: BTreeMap<String, u64>,
+    /// Dead letters per error kind.
+    pub dead_letters: BTreeMap<ErrorKind, u64>,
+}
+
+impl Summary {
+    /// A short human report: counts per output type and ignore reason.
+    pub fn report(&self) -> String {
+        let t = &self.tally;
+        let mut out = format!(
+            "{} lines: {} CRM changes ({} matched, {} unmatched, {} duplicates), {} settings, {} team changes\n",
+            self.lines, t.crm_changes, t.matched, t.unmatched, t.duplicates, t.settings_changes, t.team_changes
+        );
+        out += &format!("  UserProvisioned   {}\n", t.users_provisioned);
+        out += &format!(
+            "  ActivityAccepted  {} (recorded {}, revised {}, retracted {})\n",
+            t.recorded + t.revised + t.retracted,
+            t.recorded,
+            t.revised,
+            t.retracted
+        );
+        out += &format!("  ActivityIgnored   {}\n", t.ignored_total());
+        for (reason, n) in &t.ignored {
+            out += &format!("    {:<20} {n}\n", reason.as_str());
+        }
+        let dead: u64 = self.dead_letters.values().sum();
+        out += &format!("  dead letters      {dead}\n");
+        for (kind, n) in &self.dead_letters {
+            out += &format!("    {:<20} {n}\n", kind.as_str());
+        }
+        out
+    }
+}
+
+/// Runs every line of `input` through the core in file order and writes the output records.
+///
+/// Lines that cannot be processed become dead-letter records; only I/O failures are errors.
+pub fn simulate(input: impl BufRead, mut output: impl Write, topics: &TopicNames) -> std::io::Result<Summary> {
+    let mut state = MemoryState::default();
+    let mut summary = Summary::default();
+    for (index, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        let records = match process_line(&mut state, &line, topics, &mut summary.tally) {
+            Ok((timestamp, outputs)) => outputs
+                .iter()
+                .map(|out| output_record(out, timestamp, topics))
+                .collect::<Result<Vec<_>, _>>()?,
+            Err((error, envelope)) => {
+                *summary.dead_letters.entry(error.kind).or_default() += 1;
+                vec![dead_letter(&line, index + 1, &error, envelope.as_ref(), topics)]
+            }
+        };
+        for record in records {
+            *summary.outputs.entry(record.topic.clone()).or_default() += 1;
+            serde_json::to_writer(&mut output, &record)?;
+            output.write_all(b"\n")?;
+        }
+    }
+    output.flush()?;
+    Ok(summary)
+}
+
+type LineError = (DecodeError, Option<Envelope>);
+
+/// Decodes and decides one line: its timestamp and the outputs, or why it is a dead letter.
+fn process_line(
+    state: &mut MemoryState,
+    line: &str,
+    topics: &TopicNames,
+    tally: &mut Tally,
+) -> Result<(i64, Vec<OutputEvent>), LineError> {
+    let envelope: Envelope = serde_json::from_str(line).map_err(|e| {
+        let message = format!("not a record line {{\"topic\", \"key\", \"timestamp\", \"value\"}}: {e}");
+        (DecodeError::new(ErrorKind::Undecodable, message), None)
+    })?;
+    let Some(stream) = topics.input_stream(&envelope.topic) else {
+        let message = format!(
+            "`{}` is not an input topic (expected {}, {} or {})",
+            envelope.topic, topics.crm_changes, topics.integration_settings, topics.team_assignments
+        );
+        return Err((DecodeError::new(ErrorKind::UnknownTopic, message), Some(envelope)));
+    };
+    let key = envelope.key.as_deref().map(str::as_bytes);
+    let event = match decode_input_value(stream, key, envelope.value.clone()) {
+        Ok(event) => event,
+        Err(error) => return Err((error, Some(envelope))),
+    };
+    let decision = state.process(&event);
+    tally.add(&decision.tally);
+    Ok((envelope.timestamp, decision.outputs))
+}
+
+/// An output record keeps the input's timestamp, so a replay reproduces it.
+fn output_record(out: &OutputEvent, timestamp: i64, topics: &TopicNames) -> std::io::Result<Envelope> {
+    Ok(Envelope {
+        topic: topics.output_topic(out).to_owned(),
+        key: Some(out.company_id().to_owned()),
+        timestamp,
+        value: serde_json::to_value(out)?,
+        headers: BTreeMap::new(),
+    })
+}
+
+fn dead_letter(line: &str, line_number: usize, error: &DecodeError, envelope: Option<&Envelope>, topics: &TopicNames) -> Envelope {
+    let source = Source::Line { topic: envelope.map(|e| e.topic.clone()), line: line_number };
+    Envelope {
+        topic: topics.dead_letters.clone(),
+        key: envelope.and_then(|e| e.key.clone()),
+        timestamp: envelope.map_or(0, |e| e.timestamp),
+        value: Value::String(line.to_owned()),
+        headers: dead_letter_headers(error, &source)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    }
+}

@@ -1,0 +1,252 @@
+//! The projections the core decides on, and the changes it asks the shell to persist.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+use crate::workflow::Workflow;
+
+/// An integration's settings and workflows, as last saved.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Integration {
+    /// Which CRM; empty until settings arrive.
+    #[serde(default)]
+    pub crm: String,
+    /// "Automatically sync users"; off until settings say otherwise.
+    #[serde(default)]
+    pub auto_sync_users: bool,
+    /// Workflows by id (ordered, so evaluation order is the id order).
+    #[serde(default)]
+    pub workflows: BTreeMap<String, Workflow>,
+}
+
+/// A crmflow account that corresponds to a CRM user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The account's id.
+    pub user_id: String,
+}
+
+/// An activity currently accepted, kept so later changes can revise or retract it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The account it counts for.
+    pub user_id: String,
+    /// The responsible CRM user.
+    pub crm_user_id: String,
+    /// The team it counted for.
+    pub team_id: String,
+    /// The activity type reported.
+    pub activity_type: String,
+    /// The value reported.
+    pub value: Option<f64>,
+    /// The date reported.
+    pub occurred_at: Timestamp,
+}
+
+/// Read access to the projections; the RocksDB store and [`MemoryState`] implement it.
+pub trait StateView {
+    /// What a read can fail with (nothing, in memory; I/O, on disk).
+    type Error;
+    /// Settings and workflows of an integration, if any ever arrived.
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, Self::Error>;
+    /// The account of a CRM user, if provisioned.
+    fn account(&self, company_id: &str, integration_id: &str, crm_user_id: &str) -> Result<Option<Account>, Self::Error>;
+    /// The team a user is on, if any.
+    fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, Self::Error>;
+    /// The accepted activity with this id, if any.
+    fn ledger_entry(&self, company_id: &str, activity_id: &str) -> Result<Option<LedgerEntry>, Self::Error>;
+    /// Whether a CRM change with this event id was already processed.
+    fn has_seen(&self, company_id: &str, event_id: &str) -> Result<bool, Self::Error>;
+}
+
+/// One write the shell must persist for a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateChange {
+    /// Replace an integration's settings and workflows.
+    PutIntegration {
+        /// The company.
+        company_id: String,
+        /// The integration.
+        integration_id: String,
+        /// The new record.
+        integration: Integration,
+    },
+    /// Record a provisioned account.
+    PutAccount {
+        /// The company.
+        company_id: String,
+        /// The integration.
+        integration_id: String,
+        /// The CRM user.
+        crm_user_id: String,
+        /// The account.
+        account: Account,
+    },
+    /// Place a user on a team.
+    PutTeam {
+        /// The company.
+        company_id: String,
+        /// The user.
+        user_id: String,
+        /// The team.
+        team_id: String,
+    },
+    /// Take a user off their team.
+    RemoveTeam {
+        /// The company.
+        company_id: String,
+        /// The user.
+        user_id: String,
+    },
+    /// Record or update an accepted activity.
+    PutLedger {
+        /// The company.
+        company_id: String,
+        /// The activity.
+        activity_id: String,
+        /// Its current state.
+        entry: LedgerEntry,
+    },
+    /// Forget a retracted activity.
+    RemoveLedger {
+        /// The company.
+        company_id: String,
+        /// The activity.
+        activity_id: String,
+    },
+    /// Remember a processed CRM change, to drop resends.
+    RememberEvent {
+        /// The company.
+        company_id: String,
+        /// The change's event id.
+        event_id: String,
+    },
+}
+
+/// How many processed event ids [`MemoryState`] remembers by default.
+pub const DEFAULT_SEEN_CAPACITY: usize = 100_000;
+
+/// All projections in memory: used by `crmflow simulate` and the tests.
+#[derive(Debug, Clone)]
+pub struct MemoryState {
+    integrations: HashMap<(String, String), Integration>,
+    accounts: HashMap<(String, String, String), Account>,
+    teams: HashMap<(String, String), String>,
+    ledger: HashMap<(String, String), LedgerEntry>,
+    seen: HashSet<(String, String)>,
+    // Oldest first, so the memory for seen ids stays bounded.
+    seen_order: VecDeque<(String, String)>,
+    seen_capacity: usize,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        Self::with_seen_capacity(DEFAULT_SEEN_CAPACITY)
+    }
+}
+
+impl MemoryState {
+    /// An empty state that remembers at most `capacity` processed event ids.
+    pub fn with_seen_capacity(capacity: usize) -> Self {
+        MemoryState {
+            integrations: HashMap::new(),
+            accounts: HashMap::new(),
+            teams: HashMap::new(),
+            ledger: HashMap::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            seen_capacity: capacity.max(1),
+        }
+    }
+
+    /// Persists the changes of a decision.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = StateChange>) {
+        for change in changes {
+            match change {
+                StateChange::PutIntegration { company_id, integration_id, integration } => {
+                    self.integrations.insert((company_id, integration_id), integration);
+                }
+                StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
+                    self.accounts.insert((company_id, integration_id, crm_user_id), account);
+                }
+                StateChange::PutTeam { company_id, user_id, team_id } => {
+                    self.teams.insert((company_id, user_id), team_id);
+                }
+                StateChange::RemoveTeam { company_id, user_id } => {
+                    self.teams.remove(&(company_id, user_id));
+                }
+                StateChange::PutLedger { company_id, activity_id, entry } => {
+                    self.ledger.insert((company_id, activity_id), entry);
+                }
+                StateChange::RemoveLedger { company_id, activity_id } => {
+                    self.ledger.remove(&(company_id, activity_id));
+                }
+                StateChange::RememberEvent { company_id, event_id } => {
+                    let key = (company_id, event_id);
+                    if self.seen.insert(key.clone()) {
+                        self.seen_order.push_back(key);
+                        while self.seen_order.len() > self.seen_capacity {
+                            if let Some(old) = self.seen_order.pop_front() {
+                                self.seen.remove(&old);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of accepted activities currently in the ledger.
+    pub fn ledger_len(&self) -> usize {
+        self.ledger.len()
+    }
+}
+
+fn owned(parts: &[&str; 2]) -> (String, String) {
+    (parts[0].to_owned(), parts[1].to_owned())
+}
+
+impl StateView for MemoryState {
+    type Error = Infallible;
+
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, Infallible> {
+        Ok(self.integrations.get(&owned(&[company_id, integration_id])).cloned())
+    }
+
+    fn account(&self, company_id: &str, integration_id: &str, crm_user_id: &str) -> Result<Option<Account>, Infallible> {
+        let key = (company_id.to_owned(), integration_id.to_owned(), crm_user_id.to_owned());
+        Ok(self.accounts.get(&key).cloned())
+    }
+
+    fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, Infallible> {
+        Ok(self.teams.get(&owned(&[company_id, user_id])).cloned())
+    }
+
+    fn ledger_entry(&self, company_id: &str, activity_id: &str) -> Result<Option<LedgerEntry>, Infallible> {
+        Ok(self.ledger.get(&owned(&[company_id, activity_id])).cloned())
+    }
+
+    fn has_seen(&self, company_id: &str, event_id: &str) -> Result<bool, Infallible> {
+        Ok(self.seen.contains(&owned(&[company_id, event_id])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_are_bounded_oldest_first() {
+        let mut state = MemoryState::with_seen_capacity(2);
+        for id in ["a", "b", "c"] {
+            state.apply([StateChange::RememberEvent { company_id: "c1".into(), event_id: id.into() }]);
+        }
+        assert!(!state.has_seen("c1", "a").unwrap());
+        assert!(state.has_seen("c1", "b").unwrap());
+        assert!(state.has_seen("c1", "c").unwrap());
+        assert!(!state.has_seen("c2", "c").unwrap(), "companies never share state");
+    }
+}

@@ -1,0 +1,79 @@
+//! Instants as milliseconds since the Unix epoch, written as RFC 3339 in JSON.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// A UTC instant with millisecond precision (the precision of Avro's `timestamp-millis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// Parses an RFC 3339 datetime (any offset).
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        DateTime::parse_from_rfc3339(text.trim())
+            .ok()
+            .map(|t| Timestamp(t.timestamp_millis()))
+    }
+
+    /// Parses an RFC 3339 datetime or an ISO date; a date alone means midnight UTC.
+    pub fn parse_date_or_datetime(text: &str) -> Option<Self> {
+        let text = text.trim();
+        Self::parse_rfc3339(text).or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| Timestamp(t.and_utc().timestamp_millis()))
+        })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timestamp::parse_rfc3339(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "`{text}` is not an RFC 3339 datetime (e.g. 2024-05-01T10:00:00Z)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_utc_with_millis() {
+        let t = Timestamp::parse_rfc3339("2024-05-01T12:00:00+02:00").unwrap();
+        assert_eq!(t.to_string(), "2024-05-01T10:00:00.000Z");
+    }
+
+    #[test]
+    fn date_alone_is_midnight_utc() {
+        let d = Timestamp::parse_date_or_datetime("2024-05-01").unwrap();
+        assert_eq!(Some(d), Timestamp::parse_rfc3339("2024-05-01T00:00:00Z"));
+        assert_eq!(Timestamp::parse_date_or_datetime("May 1st"), None);
+    }
+}
