@@ -32,7 +32,7 @@ simulate: build
 run: simulate
 
 bench: deps
-	cargo bench -p crmflow-codec --bench pipeline
+	cargo bench -p crmflow-demo --bench pipeline
 
 fmt:
 	cargo fmt --all

@@ -1,20 +1,35 @@
-//! `crmflow`: simulate workflows on sample data, run the stream processor, generate demo load.
+//! `crmflow`: simulate workflows on sample data, run the stream processor, run a development
+//! broker, and generate demo load.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crmflow::generate::{self, Pace};
 use crmflow::simulate::simulate;
-use crmflow_codec::TopicNames;
+use crmflow_codec::{Encoding, TopicNames};
+use crmflow_demo::DemoConfig;
+use crmflow_runtime::report::Counters;
+use crmflow_runtime::{Config, Observer, ProcessingGuarantee, Shutdown, Watch};
 
 #[derive(Parser)]
 #[command(name = "crmflow", version, about = "Turns CRM change events into user provisioning and sales activities")]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "CRMFLOW_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -28,12 +43,204 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Run the stream processor against Kafka.
+    Run {
+        /// TOML configuration file (see deploy/crmflow.example.toml); CRMFLOW_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Overrides `state_dir`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Overrides `processing_guarantee`.
+        #[arg(long, value_enum)]
+        processing_guarantee: Option<Guarantee>,
+        /// Print sample output events with each report.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between progress reports.
+        #[arg(long, default_value_t = 5)]
+        report_seconds: u64,
+        /// Write the counters in Prometheus text format to this file at each report.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+    },
+    /// Run librdkafka's mock cluster as a local broker with crmflow's topics, until Ctrl-C.
+    DevBroker {
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Also write the bootstrap address to this file.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
+        /// Further topics to create.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+    /// Publish a realistic demo stream (companies, workflows, users, teams, CRM changes).
+    Generate {
+        /// Kafka bootstrap servers; without it, write JSON Lines (see --output).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// JSON Lines output file when no brokers are given (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Events per second published to Kafka.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Stop after this many events (default: unbounded for Kafka, 1000 for files).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Companies in the stream.
+        #[arg(long, default_value_t = 3)]
+        companies: usize,
+        /// CRM users per integration.
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        /// Seed: the same seed gives the same stream.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Encoding of the published values.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        encoding: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Guarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Avro,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Simulate { input, output } => run_simulate(&input, output),
+        Command::Run { config, brokers, state_dir, processing_guarantee, watch, report_seconds, metrics_file } => {
+            let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
+            if let Some(brokers) = brokers {
+                config.brokers = brokers;
+            }
+            if let Some(dir) = state_dir {
+                config.state_dir = dir;
+            }
+            if let Some(g) = processing_guarantee {
+                config.processing_guarantee = match g {
+                    Guarantee::ExactlyOnce => ProcessingGuarantee::ExactlyOnce,
+                    Guarantee::AtLeastOnce => ProcessingGuarantee::AtLeastOnce,
+                };
+            }
+            config.validate().context("invalid configuration")?;
+            let watch = Watch { report_every: Duration::from_secs(report_seconds.max(1)), samples: if watch { 6 } else { 0 } };
+            let mut observer = LogObserver { metrics_file };
+            with_shutdown(|shutdown| {
+                crmflow_runtime::run(config, shutdown, &watch, &mut observer).context("crmflow run stopped")
+            })?;
+            Ok(())
+        }
+        Command::DevBroker { partitions, address_file, topics } => {
+            let broker = crmflow_runtime::dev_broker::DevBroker::start(partitions, &TopicNames::default(), &topics)
+                .context("cannot start the development broker")?;
+            let address = broker.bootstrap_servers();
+            println!("{address}");
+            io::stdout().flush().ok();
+            if let Some(path) = address_file {
+                std::fs::write(&path, &address).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            tracing::info!(%address, partitions, "development broker is up (in memory); Ctrl-C stops it");
+            with_shutdown(|shutdown| {
+                while !shutdown.is_requested() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(())
+            })?;
+            drop(broker);
+            Ok(())
+        }
+        Command::Generate { brokers, output, rate, count, duration, companies, users, seed, encoding } => {
+            let demo = DemoConfig { seed, companies, users_per_integration: users, ..DemoConfig::default() };
+            let topics = TopicNames::default();
+            match brokers {
+                None => {
+                    let count = count.unwrap_or(1000);
+                    let written = match output {
+                        Some(path) => generate::write_lines(
+                            demo,
+                            count,
+                            &topics,
+                            BufWriter::new(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?),
+                        )?,
+                        None => generate::write_lines(demo, count, &topics, BufWriter::new(io::stdout().lock()))?,
+                    };
+                    eprintln!("generated {written} events");
+                }
+                Some(brokers) => {
+                    let pace = Pace { rate, count, duration: duration.map(Duration::from_secs) };
+                    let encoding = match encoding {
+                        Format::Json => Encoding::Json,
+                        Format::Avro => Encoding::Avro,
+                    };
+                    let sent = with_shutdown(|shutdown| generate::publish(demo, &pace, &brokers, &topics, encoding, shutdown))?;
+                    tracing::info!(sent, "generator finished");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs blocking work while a tokio runtime turns SIGINT/SIGTERM into a shutdown request.
+fn with_shutdown<T>(work: impl FnOnce(&Shutdown) -> Result<T>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    let shutdown = Shutdown::new();
+    {
+        let _guard = runtime.enter();
+        shutdown.on_signals();
+    }
+    work(&shutdown)
+}
+
+struct LogObserver {
+    metrics_file: Option<PathBuf>,
+}
+
+impl Observer for LogObserver {
+    fn report(&mut self, counters: &Counters, samples: Vec<String>) {
+        tracing::info!("{}", counters.summary());
+        for line in samples {
+            tracing::info!("  {line}");
+        }
+        if let Some(path) = &self.metrics_file {
+            if let Err(e) = std::fs::write(path, counters.prometheus()) {
+                tracing::warn!("cannot write metrics to {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRMFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 

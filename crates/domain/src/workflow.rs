@@ -142,8 +142,7 @@ impl Workflow {
                     Some("takes no value".to_string())
                 }
                 (Operator::In | Operator::NotIn, Some(ConditionValue::List(items))) => items
-                    .iter()
-                    .any(|v| *v == Scalar::Null)
+                    .contains(&Scalar::Null)
                     .then(|| "list must not contain null".to_string()),
                 (Operator::In | Operator::NotIn, _) => Some("needs a list value".to_string()),
                 (_, Some(ConditionValue::One(v))) if *v != Scalar::Null => None,

@@ -1,1 +1,58 @@
-//! placeholder
+//! RocksDB-backed state stores for crmflow's projections.
+//!
+//! The runtime gives every input partition its own [`StateStore`], a RocksDB database
+//! at `<state_dir>/<partition>/`. The store implements [`crmflow_domain::StateView`],
+//! so [`crmflow_domain::decide()`] reads it directly, and it persists the
+//! [`crmflow_domain::StateChange`]s that decisions ask for.
+//!
+//! # Layout
+//!
+//! One column family per projection, plus bookkeeping:
+//!
+//! | family         | key                                   | value                          |
+//! |----------------|---------------------------------------|--------------------------------|
+//! | `integrations` | company, integration                  | [`crmflow_domain::Integration`] |
+//! | `accounts`     | company, integration, CRM user        | [`crmflow_domain::Account`]     |
+//! | `teams`        | company, user                         | team id (JSON string)          |
+//! | `ledger`       | company, activity                     | [`crmflow_domain::LedgerEntry`] |
+//! | `seen`         | company, event id                     | empty (presence is the fact)   |
+//! | `seen_order`   | sequence number, big-endian `u64`     | the `seen` key it remembered   |
+//! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
+//! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
+//!
+//! Keys join the identifying strings with a `0x00` byte, company first, so all keys
+//! of a company are adjacent. Values are `serde_json` of the domain types: simple to
+//! debug with `ldb`. Both are defined in one private module (`encoding`), so the
+//! format can change in one place.
+//!
+//! Processed event ids are remembered in a bounded FIFO exactly like
+//! [`crmflow_domain::MemoryState`]: each newly remembered id gets the next sequence
+//! number, and when more than [`StoreOptions::seen_capacity`] are remembered the
+//! oldest are forgotten (deleted from `seen` and `seen_order`).
+//!
+//! # The stage/commit cycle
+//!
+//! The runtime decides many events between commits (about every 100 ms):
+//!
+//! 1. `let decision = decide(&store, &event)?;` reads the projections: first the
+//!    staged writes of the open batch, then (for integrations) a small cache of
+//!    decoded values, then RocksDB. So every decision sees the earlier ones.
+//! 2. `store.stage(&decision.changes)?;` records the writes in memory only.
+//! 3. [`StateStore::staged_writes`] lists them as `(family, key, value)` bytes, to
+//!    mirror them to a changelog topic.
+//! 4. `store.commit(&positions)?;` writes every staged write plus the input
+//!    positions (next offset to read, per topic partition) in ONE synced RocksDB
+//!    `WriteBatch`: after a crash the state and the positions always agree.
+//!    [`StateStore::positions`] reads them back on startup.
+//! 5. If the batch cannot be completed (e.g. its outputs failed to publish),
+//!    [`StateStore::discard_staged`] forgets the staged writes instead.
+//!
+//! To rebuild a lost store, replay the changelog with [`StateStore::restore_write`].
+#![deny(missing_docs)]
+
+mod encoding;
+mod error;
+mod store;
+
+pub use error::{FormatError, StoreError};
+pub use store::{InputPosition, StateStore, StoreOptions};

@@ -1,0 +1,89 @@
+//! `crmflow generate`: publishes the demo stream to Kafka at a steady rate, or writes it as JSON Lines.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::DefaultProducerContext;
+
+use crmflow_codec::{Encoding, TopicNames};
+use crmflow_demo::{to_envelope_line, DemoConfig, DemoStream};
+use crmflow_runtime::Shutdown;
+
+/// How much to generate, and how fast.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// Events per second (Kafka only; files are written at once).
+    pub rate: f64,
+    /// Stop after this many events, if set.
+    pub count: Option<usize>,
+    /// Stop after this long, if set.
+    pub duration: Option<Duration>,
+}
+
+/// Writes `count` events of the demo stream as simulate/scenario JSON Lines.
+pub fn write_lines(config: DemoConfig, count: usize, topics: &TopicNames, mut out: impl Write) -> Result<usize> {
+    let mut written = 0;
+    for event in DemoStream::new(config).take(count) {
+        writeln!(out, "{}", to_envelope_line(&event, topics)).context("writing generated events")?;
+        written += 1;
+    }
+    out.flush().context("writing generated events")?;
+    Ok(written)
+}
+
+/// Publishes the demo stream to Kafka, stamped with the wall clock, until the pace or shutdown stops it.
+pub fn publish(
+    config: DemoConfig,
+    pace: &Pace,
+    brokers: &str,
+    topics: &TopicNames,
+    encoding: Encoding,
+    shutdown: &Shutdown,
+) -> Result<usize> {
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .with_context(|| format!("cannot create a producer for brokers {brokers}"))?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / pace.rate.max(0.001));
+    let mut sent = 0usize;
+    for event in DemoStream::new(config) {
+        let done = shutdown.is_requested()
+            || pace.count.is_some_and(|n| sent >= n)
+            || pace.duration.is_some_and(|d| started.elapsed() >= d);
+        if done {
+            break;
+        }
+        let due = started + interval.mul_f64(sent as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let event = event.event;
+        let topic = topics.input_topic(event.stream());
+        let payload = match encoding {
+            Encoding::Json => serde_json::to_vec(&event).context("encoding a demo event")?,
+            Encoding::Avro => crmflow_avro::SchemaRegistry::bundled()
+                .encode(&serde_json::to_value(&event).context("encoding a demo event")?)
+                .context("encoding a demo event as Avro")?,
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(topic).key(event.company_id()).payload(&payload[..]).timestamp(now);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = back;
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic} at {brokers}")),
+            }
+        }
+        sent += 1;
+    }
+    producer.flush(Duration::from_secs(30)).context("flushing generated events")?;
+    Ok(sent)
+}

@@ -1,0 +1,370 @@
+//! The user-facing configuration: TOML file, `CRMFLOW_…` environment overrides, validation,
+//! and the one place it turns into librdkafka client configurations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crmflow_codec::{Encoding, TopicNames};
+
+/// How outputs and input offsets are made durable together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    /// Outputs and offsets in one Kafka transaction; needs a broker with transactions.
+    ExactlyOnce,
+    /// Outputs acknowledged before offsets commit; a crash re-emits exact duplicates.
+    AtLeastOnce,
+}
+
+/// The encoding of each topic's values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicEncodings {
+    /// `crm.changes`.
+    pub crm_changes: Encoding,
+    /// `integration.settings`.
+    pub integration_settings: Encoding,
+    /// `team.assignments`.
+    pub team_assignments: Encoding,
+    /// `users.provisioned`.
+    pub users_provisioned: Encoding,
+    /// `activities.accepted`.
+    pub activities_accepted: Encoding,
+    /// `activities.ignored`.
+    pub activities_ignored: Encoding,
+}
+
+/// Everything `crmflow run` needs to know.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The consumer group, the prefix of internal topics and of the transactional id.
+    pub application_id: String,
+    /// Distinguishes instances of one application (part of the transactional id).
+    pub instance_id: String,
+    /// `exactly_once` or `at_least_once`.
+    pub processing_guarantee: ProcessingGuarantee,
+    /// How often processed work is committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// How long a record waits for a lagging input stream before it is processed, in ms.
+    pub max_wait_ms: u64,
+    /// Where the RocksDB state stores live (one per input partition).
+    pub state_dir: PathBuf,
+    /// How many processed CRM event ids each partition remembers, to drop resends.
+    pub seen_capacity: usize,
+    /// How long to wait for the brokers at start before giving up, in milliseconds.
+    pub startup_timeout_ms: u64,
+    /// Replication factor of output topics crmflow creates (-1: the broker's default).
+    pub replication_factor: i32,
+    /// Topic names.
+    pub topics: TopicNames,
+    /// Value encoding per topic.
+    pub encoding: TopicEncodings,
+    /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*, …).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            brokers: "localhost:9092".into(),
+            application_id: "crmflow".into(),
+            instance_id: "0".into(),
+            processing_guarantee: ProcessingGuarantee::ExactlyOnce,
+            commit_interval_ms: 100,
+            max_wait_ms: 500,
+            state_dir: PathBuf::from("state"),
+            seen_capacity: crmflow_domain::state::DEFAULT_SEEN_CAPACITY,
+            startup_timeout_ms: 30_000,
+            replication_factor: -1,
+            topics: TopicNames::default(),
+            encoding: TopicEncodings::default(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override does not parse or names an unknown key.
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// The file, or "environment".
+        origin: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A key has a value that cannot work.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+/// Keys whose environment overrides are numbers.
+const NUMERIC_KEYS: [&str; 5] = ["commit_interval_ms", "max_wait_ms", "seen_capacity", "startup_timeout_ms", "replication_factor"];
+
+/// librdkafka properties crmflow sets itself; setting them by hand would break its guarantees.
+const MANAGED_KAFKA_KEYS: [&str; 7] = [
+    "bootstrap.servers",
+    "partition.assignment.strategy",
+    "group.id",
+    "enable.auto.commit",
+    "transactional.id",
+    "isolation.level",
+    "enable.auto.offset.store",
+];
+
+impl Config {
+    /// Reads an optional TOML file, then applies `CRMFLOW_…` variables from `env`, then validates.
+    ///
+    /// `CRMFLOW_BROKERS` sets `brokers`; `CRMFLOW_TOPICS__CRM_CHANGES` sets `topics.crm_changes`;
+    /// `CRMFLOW_KAFKA__SECURITY_PROTOCOL` sets the librdkafka property `security.protocol`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.message().to_owned(),
+                })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_owned()),
+        };
+        let mut overridden = false;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("CRMFLOW_") else { continue };
+            if path == "LOG" || path == "LOG_FORMAT" {
+                continue;
+            }
+            set_override(&mut table, path, value);
+            overridden = true;
+        }
+        let origin = if overridden { format!("{origin} with CRMFLOW_ environment overrides") } else { origin };
+        let config: Config = toml::Table::try_into(table)
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin, message: e.message().to_owned() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| Err(ConfigError::Invalid { key: key.into(), problem });
+        if self.brokers.trim().is_empty() {
+            return invalid("brokers", "is empty; set it to host:port of your Kafka brokers, e.g. \"localhost:9092\"".into());
+        }
+        for broker in self.brokers.split(',') {
+            let ok = broker
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return invalid("brokers", format!("`{broker}` is not host:port (e.g. \"localhost:9092\")"));
+            }
+        }
+        for (key, value) in [("application_id", &self.application_id), ("instance_id", &self.instance_id)] {
+            if !is_kafka_name(value) {
+                return invalid(key, format!("`{value}` must be 1-200 characters of letters, digits, `.`, `_` or `-`"));
+            }
+        }
+        if !(10..=60_000).contains(&self.commit_interval_ms) {
+            return invalid("commit_interval_ms", format!("{} is outside 10..=60000", self.commit_interval_ms));
+        }
+        if self.max_wait_ms > 60_000 {
+            return invalid("max_wait_ms", format!("{} is above 60000", self.max_wait_ms));
+        }
+        if self.seen_capacity == 0 {
+            return invalid("seen_capacity", "must be at least 1".into());
+        }
+        let names = [
+            ("topics.crm_changes", &self.topics.crm_changes),
+            ("topics.integration_settings", &self.topics.integration_settings),
+            ("topics.team_assignments", &self.topics.team_assignments),
+            ("topics.users_provisioned", &self.topics.users_provisioned),
+            ("topics.activities_accepted", &self.topics.activities_accepted),
+            ("topics.activities_ignored", &self.topics.activities_ignored),
+            ("topics.dead_letters", &self.topics.dead_letters),
+        ];
+        for (i, (key, name)) in names.iter().enumerate() {
+            if !is_kafka_name(name) || name.len() > 249 {
+                return invalid(key, format!("`{name}` is not a valid topic name (letters, digits, `.`, `_`, `-`)"));
+            }
+            if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+                return invalid(key, format!("`{name}` is also the name of {other}; every topic must be distinct"));
+            }
+        }
+        if let Some(key) = self.kafka.keys().find(|k| MANAGED_KAFKA_KEYS.contains(&k.as_str())) {
+            return invalid(
+                &format!("kafka.\"{key}\""),
+                "is set by crmflow itself (from brokers, application_id and processing_guarantee); remove it".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Properties every client shares: brokers plus the pass-through table.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.kafka {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The consumer: manual commits, from the earliest offset, committed data only under exactly-once.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", &self.application_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Range assignment gives one instance the same partition numbers of every input topic.
+            .set("partition.assignment.strategy", "range");
+        set_default(&mut config, "auto.offset.reset", "earliest");
+        set_default(&mut config, "statistics.interval.ms", "5000");
+        if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            config.set("isolation.level", "read_committed");
+        }
+        config
+    }
+
+    /// The producer: idempotent always, transactional under exactly-once.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        set_default(&mut config, "enable.idempotence", "true");
+        set_default(&mut config, "linger.ms", "5");
+        if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            config.set("transactional.id", format!("{}.{}", self.application_id, self.instance_id));
+        }
+        config
+    }
+
+    /// The encoding of an output topic's values.
+    pub fn output_encoding(&self, event: &crmflow_domain::OutputEvent) -> Encoding {
+        use crmflow_domain::OutputEvent::*;
+        match event {
+            UserProvisioned(_) => self.encoding.users_provisioned,
+            ActivityAccepted(_) => self.encoding.activities_accepted,
+            ActivityIgnored(_) => self.encoding.activities_ignored,
+        }
+    }
+
+    /// The encoding of an input stream's values.
+    pub fn input_encoding(&self, stream: crmflow_domain::InputStream) -> Encoding {
+        use crmflow_domain::InputStream::*;
+        match stream {
+            Settings => self.encoding.integration_settings,
+            Teams => self.encoding.team_assignments,
+            CrmChanges => self.encoding.crm_changes,
+        }
+    }
+}
+
+/// Sets a property unless the pass-through table already did.
+fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
+    }
+}
+
+fn is_kafka_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Sets `A__B__C` (lower-cased) in the table; under `kafka`, `_` in the last part becomes `.`.
+fn set_override(table: &mut toml::Table, path: &str, value: String) {
+    let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+    let Some((last, parents)) = parts.split_last() else { return };
+    let mut current = table;
+    for part in parents {
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else { return };
+        current = next;
+    }
+    let key = if parents.first().map(String::as_str) == Some("kafka") { last.replace('_', ".") } else { last.clone() };
+    let value = match value.parse::<i64>() {
+        Ok(n) if NUMERIC_KEYS.contains(&key.as_str()) => toml::Value::Integer(n),
+        _ => toml::Value::String(value),
+    };
+    current.insert(key, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crmflow.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let example = include_str!("../../../deploy/crmflow.example.toml");
+        let config = load(example, &[]).unwrap();
+        assert_eq!(config.processing_guarantee, ProcessingGuarantee::ExactlyOnce);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "brokers = \"a:1\"\n[topics]\ncrm_changes = \"in\"\n",
+            &[
+                ("CRMFLOW_BROKERS", "b:2"),
+                ("CRMFLOW_COMMIT_INTERVAL_MS", "250"),
+                ("CRMFLOW_TOPICS__DEAD_LETTERS", "dlq"),
+                ("CRMFLOW_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("CRMFLOW_ENCODING__CRM_CHANGES", "avro"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.brokers, "b:2");
+        assert_eq!(config.commit_interval_ms, 250);
+        assert_eq!(config.topics.crm_changes, "in");
+        assert_eq!(config.topics.dead_letters, "dlq");
+        assert_eq!(config.kafka["security.protocol"], "SASL_SSL");
+        assert_eq!(config.encoding.crm_changes, Encoding::Avro);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let message = |r: Result<Config, ConfigError>| r.unwrap_err().to_string();
+        assert!(message(load("brokerz = \"a:1\"", &[])).contains("brokerz"));
+        assert!(message(load("brokers = \"nohost\"", &[])).contains("`brokers`"));
+        assert!(message(load("processing_guarantee = \"maybe\"", &[])).contains("maybe"));
+        assert!(message(load("commit_interval_ms = 0", &[])).contains("commit_interval_ms"));
+        assert!(message(load("[topics]\ncrm_changes = \"crmflow.dlq\"", &[])).contains("distinct"));
+        assert!(message(load("[kafka]\n\"group.id\" = \"x\"", &[])).contains("remove it"));
+        assert!(message(load("[encoding]\ncrm_changes = \"xml\"", &[])).contains("xml"));
+    }
+}

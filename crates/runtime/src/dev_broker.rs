@@ -1,0 +1,38 @@
+//! librdkafka's mock cluster as a standalone development broker.
+//!
+//! It speaks the Kafka protocol on a real TCP port and supports transactions, so tests and
+//! `make run` need no Kafka installation. Its admin API cannot create topics, so every topic
+//! crmflow uses is created here up front. It keeps data in memory only.
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+use crmflow_codec::TopicNames;
+
+use crate::error::RunError;
+
+/// A running mock cluster with crmflow's topics.
+pub struct DevBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl DevBroker {
+    /// Starts a one-broker cluster and creates every topic with `partitions` partitions.
+    pub fn start(partitions: i32, topics: &TopicNames, extra_topics: &[String]) -> Result<Self, RunError> {
+        let cluster = MockCluster::new(1).map_err(|e| RunError::kafka("starting the mock cluster", e))?;
+        let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
+        names.extend(topics.outputs().iter().map(|t| t.to_string()));
+        names.extend(extra_topics.iter().cloned());
+        for topic in names {
+            cluster
+                .create_topic(&topic, partitions, 1)
+                .map_err(|e| RunError::kafka(format!("creating topic {topic} on the mock cluster"), e))?;
+        }
+        Ok(DevBroker { cluster })
+    }
+
+    /// The address clients connect to.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}

@@ -1,0 +1,48 @@
+//! Why `crmflow run` stopped.
+
+use rdkafka::error::KafkaError;
+
+use crate::processor::ProcessError;
+
+/// A failure of the runtime; each message says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The brokers cannot be reached.
+    #[error("{0}")]
+    Brokers(String),
+    /// The topics are missing or not co-partitioned.
+    #[error("{0}")]
+    Topics(String),
+    /// A Kafka client call failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What crmflow was doing.
+        context: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The broker rejected outputs; offsets were not committed.
+    #[error("{0}")]
+    Delivery(String),
+    /// Processing a partition failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The state directory or a store cannot be used.
+    #[error("state store at {path}: {message}")]
+    Store {
+        /// The directory.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// A Kafka client failure with what crmflow was doing.
+    pub fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
+        RunError::Kafka { context: context.into(), source }
+    }
+}

@@ -1,0 +1,231 @@
+//! One partition's processing: records in, decisions made against its state store, records out.
+//! No Kafka here: the service hands records in and sends what comes back.
+
+use std::collections::BTreeMap;
+
+use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
+use crmflow_domain::{decide, InputEvent, InputStream, Tally};
+use crmflow_store::{InputPosition, StateStore};
+
+use crate::config::Config;
+use crate::merge::Merger;
+use crate::report::Samples;
+
+/// A consumed input record, decoded on arrival.
+#[derive(Debug)]
+pub struct InputRecord {
+    /// Its topic.
+    pub topic: String,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp (epoch ms), which orders the merge and stamps the outputs.
+    pub timestamp: i64,
+    /// The key, kept for the dead-letter record.
+    pub key: Option<Vec<u8>>,
+    /// The value, kept for the dead-letter record.
+    pub payload: Vec<u8>,
+    /// The event, or why it is a dead letter.
+    pub event: Result<InputEvent, DecodeError>,
+}
+
+/// A record to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    /// The topic.
+    pub topic: String,
+    /// The key (company id, or the original key for dead letters).
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub payload: Vec<u8>,
+    /// Headers (dead letters only).
+    pub headers: Vec<(&'static str, String)>,
+    /// The timestamp: the input's, so replays reproduce it.
+    pub timestamp: i64,
+}
+
+/// What processing produced, for the metrics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Decisions' tallies.
+    pub tally: Tally,
+    /// Dead letters per kind.
+    pub dead_letters: BTreeMap<ErrorKind, u64>,
+    /// Input records processed.
+    pub records: u64,
+    /// Recent outputs in words, for operators watching.
+    pub samples: Samples,
+}
+
+/// Why processing a partition failed (the store, or an output that cannot be encoded).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The state store failed.
+    #[error("state store of partition {partition}: {source}")]
+    Store {
+        /// The partition.
+        partition: i32,
+        /// The store error.
+        source: crmflow_store::StoreError,
+    },
+    /// An output could not be encoded.
+    #[error("encoding an output failed: {0}")]
+    Encode(#[from] crmflow_codec::EncodeError),
+}
+
+/// The merge buffer, state store and positions of one input partition.
+pub struct PartitionTask {
+    partition: i32,
+    store: StateStore,
+    merger: Merger<InputRecord>,
+    // Next offset per input topic that the store already reflects (records below are skipped).
+    committed: BTreeMap<String, i64>,
+    // Next offset per input topic after the records processed since the last commit.
+    processed: BTreeMap<String, i64>,
+}
+
+impl PartitionTask {
+    /// Wraps an opened store of a partition.
+    pub fn new(partition: i32, store: StateStore, max_wait_ms: i64) -> Result<Self, ProcessError> {
+        let committed = store
+            .positions()
+            .map_err(|source| ProcessError::Store { partition, source })?
+            .into_iter()
+            .filter(|p| p.partition == partition)
+            .map(|p| (p.topic, p.next_offset))
+            .collect();
+        Ok(PartitionTask { partition, store, merger: Merger::new(max_wait_ms), committed, processed: BTreeMap::new() })
+    }
+
+    /// The partition number.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Where the store says consumption of a topic should resume, if it knows.
+    pub fn committed_position(&self, topic: &str) -> Option<i64> {
+        self.committed.get(topic).copied()
+    }
+
+    /// Buffers a record unless the store already reflects it (a redelivery after a crash).
+    pub fn push(&mut self, stream: InputStream, record: InputRecord, now: i64) {
+        if self.committed.get(&record.topic).is_some_and(|next| record.offset < *next) {
+            return;
+        }
+        self.merger.push(stream, record.timestamp, now, record);
+    }
+
+    /// When the next buffered record may go at the latest.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.merger.next_deadline()
+    }
+
+    /// Processes every record the merge releases at `now`; appends outputs to `out`.
+    pub fn process_ready(
+        &mut self,
+        now: i64,
+        config: &Config,
+        out: &mut Vec<OutputRecord>,
+        progress: &mut Progress,
+    ) -> Result<(), ProcessError> {
+        while let Some((_, record)) = self.merger.pop_ready(now) {
+            self.process(record, config, out, progress)?;
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: InputRecord,
+        config: &Config,
+        out: &mut Vec<OutputRecord>,
+        progress: &mut Progress,
+    ) -> Result<(), ProcessError> {
+        progress.records += 1;
+        self.processed.insert(record.topic.clone(), record.offset + 1);
+        let event = match record.event {
+            Ok(event) => event,
+            Err(error) => {
+                *progress.dead_letters.entry(error.kind).or_default() += 1;
+                let source = Source::Record { topic: record.topic, partition: self.partition, offset: record.offset };
+                tracing::warn!(partition = self.partition, kind = %error.kind, "dead letter: {}", error.message);
+                out.push(OutputRecord {
+                    topic: config.topics.dead_letters.clone(),
+                    key: record.key,
+                    payload: record.payload,
+                    headers: dead_letter_headers(&error, &source),
+                    timestamp: record.timestamp,
+                });
+                return Ok(());
+            }
+        };
+        let partition = self.partition;
+        let decision = decide(&self.store, &event).map_err(|source| ProcessError::Store { partition, source })?;
+        self.store
+            .stage(&decision.changes)
+            .map_err(|source| ProcessError::Store { partition, source })?;
+        progress.tally.add(&decision.tally);
+        for output in &decision.outputs {
+            progress.samples.note(output);
+            out.push(OutputRecord {
+                topic: config.topics.output_topic(output).to_owned(),
+                key: Some(output.company_id().as_bytes().to_vec()),
+                payload: encode_output(output, config.output_encoding(output))?,
+                headers: Vec::new(),
+                timestamp: record.timestamp,
+            });
+        }
+        Ok(())
+    }
+
+    /// The positions to commit for the work processed since the last commit.
+    pub fn pending_positions(&self) -> Vec<InputPosition> {
+        self.processed
+            .iter()
+            .map(|(topic, next)| InputPosition { topic: topic.clone(), partition: self.partition, next_offset: *next })
+            .collect()
+    }
+
+    /// Persists staged state with the processed positions, after the outputs are durable.
+    pub fn commit(&mut self) -> Result<(), ProcessError> {
+        if self.processed.is_empty() {
+            return Ok(());
+        }
+        let positions = self.pending_positions();
+        self.store
+            .commit(&positions)
+            .map_err(|source| ProcessError::Store { partition: self.partition, source })?;
+        self.committed.extend(std::mem::take(&mut self.processed));
+        Ok(())
+    }
+
+    /// Forgets uncommitted work: buffered records and staged state (partition revoked, transaction aborted).
+    pub fn discard(&mut self) {
+        self.merger.clear();
+        self.store.discard_staged();
+        self.processed.clear();
+    }
+}
+
+/// Decodes a consumed record of an input stream, turning failures into dead-letter reasons.
+pub fn decode_record(
+    stream: InputStream,
+    topic: &str,
+    offset: i64,
+    timestamp: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    config: &Config,
+) -> InputRecord {
+    let event = match payload {
+        Some(bytes) => decode_input(stream, key, bytes, config.input_encoding(stream)),
+        None => Err(DecodeError::new(ErrorKind::Undecodable, "record has no value (a tombstone)")),
+    };
+    InputRecord {
+        topic: topic.to_owned(),
+        offset,
+        timestamp,
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
+        event,
+    }
+}

@@ -1,0 +1,137 @@
+//! What the running processor tells its operator: counters and sample events.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crmflow_codec::ErrorKind;
+use crmflow_domain::{OutputEvent, Tally};
+
+/// Counters since start, ready for export.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Input records processed.
+    pub records: u64,
+    /// What the core decided.
+    pub tally: Tally,
+    /// Dead letters per kind.
+    pub dead_letters: BTreeMap<ErrorKind, u64>,
+    /// Input records not yet consumed (-1 until the client reports it).
+    pub lag: i64,
+    /// Commits made.
+    pub commits: u64,
+}
+
+impl Counters {
+    /// One line for the log: outputs per type and ignore reason, dead letters, lag.
+    pub fn summary(&self) -> String {
+        let t = &self.tally;
+        let ignored: Vec<String> = t.ignored.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+        let dead: u64 = self.dead_letters.values().sum();
+        format!(
+            "{} records | provisioned {} | accepted {} (recorded {}, revised {}, retracted {}) | ignored {}{} | unmatched {} | duplicates {} | dead letters {} | lag {}",
+            self.records,
+            t.users_provisioned,
+            t.recorded + t.revised + t.retracted,
+            t.recorded,
+            t.revised,
+            t.retracted,
+            t.ignored_total(),
+            if ignored.is_empty() { String::new() } else { format!(" ({})", ignored.join(", ")) },
+            t.unmatched,
+            t.duplicates,
+            dead,
+            self.lag
+        )
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let t = &self.tally;
+        let mut out = String::new();
+        let mut metric = |name: &str, labels: &str, value: i64| {
+            out += &format!("crmflow_{name}{labels} {value}\n");
+        };
+        metric("input_records_total", "", self.records as i64);
+        metric("crm_changes_total", "{result=\"matched\"}", t.matched as i64);
+        metric("crm_changes_total", "{result=\"unmatched\"}", t.unmatched as i64);
+        metric("crm_changes_total", "{result=\"duplicate\"}", t.duplicates as i64);
+        metric("outputs_total", "{type=\"UserProvisioned\"}", t.users_provisioned as i64);
+        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"recorded\"}", t.recorded as i64);
+        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"revised\"}", t.revised as i64);
+        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"retracted\"}", t.retracted as i64);
+        for (reason, n) in &t.ignored {
+            metric("outputs_total", &format!("{{type=\"ActivityIgnored\",reason=\"{}\"}}", reason.as_str()), *n as i64);
+        }
+        for (kind, n) in &self.dead_letters {
+            metric("dead_letters_total", &format!("{{kind=\"{}\"}}", kind.as_str()), *n as i64);
+        }
+        metric("consumer_lag", "", self.lag);
+        metric("commits_total", "", self.commits as i64);
+        out
+    }
+}
+
+/// The last few outputs in words, for `--watch`.
+#[derive(Debug, Default)]
+pub struct Samples {
+    lines: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Samples {
+    /// Keeps up to `capacity` recent lines (0 keeps none).
+    pub fn new(capacity: usize) -> Self {
+        Samples { lines: VecDeque::new(), capacity }
+    }
+
+    /// Notes an output.
+    pub fn note(&mut self, event: &OutputEvent) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.lines.push_back(describe(event));
+        while self.lines.len() > self.capacity {
+            self.lines.pop_front();
+        }
+    }
+
+    /// Takes the lines noted since the last call.
+    pub fn take(&mut self) -> Vec<String> {
+        self.lines.drain(..).collect()
+    }
+}
+
+/// One output in words.
+pub fn describe(event: &OutputEvent) -> String {
+    match event {
+        OutputEvent::UserProvisioned(p) => format!(
+            "UserProvisioned   {}/{}: CRM user {} ({}) now has account {}",
+            p.company_id,
+            p.integration_id,
+            p.crm_user_id,
+            p.name.as_deref().unwrap_or("no name"),
+            p.user_id
+        ),
+        OutputEvent::ActivityAccepted(a) => format!(
+            "ActivityAccepted  {}/{}: {} {} {} {}{} by CRM user {} on team {}",
+            a.company_id,
+            a.integration_id,
+            a.change.as_str(),
+            a.activity_type,
+            a.object_type,
+            a.object_id,
+            a.value.map(|v| format!(" worth {v}")).unwrap_or_default(),
+            a.crm_user_id,
+            a.team_id
+        ),
+        OutputEvent::ActivityIgnored(i) => format!(
+            "ActivityIgnored   {}/{}: {} {} {} — {}: {}",
+            i.company_id,
+            i.integration_id,
+            i.activity_type,
+            i.object_type,
+            i.object_id,
+            i.reason.as_str(),
+            i.detail
+        ),
+    }
+}

@@ -1,0 +1,303 @@
+//! The only place that talks to Kafka while running: the consume → decide → produce → commit loop.
+//!
+//! One thread polls the consumer, routes each record to its partition's [`PartitionTask`],
+//! sends what the tasks release, and commits every `commit_interval_ms`:
+//! - `at_least_once`: flush the producer (every output acknowledged), persist the state
+//!   stores with their input positions, then commit the consumer offsets.
+//! - `exactly_once`: outputs and offsets in one Kafka transaction; the stores are persisted
+//!   once the transaction commits.
+//!
+//! The state stores record which input offsets they reflect, so records redelivered after a
+//! crash are skipped rather than applied twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crmflow_store::{StateStore, StoreOptions};
+
+use crate::config::{Config, ProcessingGuarantee};
+use crate::error::RunError;
+use crate::kafka::{DeliveryTracker, InputContext};
+use crate::processor::{decode_record, OutputRecord, PartitionTask, Progress};
+use crate::report::{Counters, Samples};
+use crate::setup;
+use crate::shutdown::Shutdown;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the loop reports to its caller every `report_every`.
+pub trait Observer {
+    /// Called with the counters since start and the sample lines since the last call.
+    fn report(&mut self, counters: &Counters, samples: Vec<String>);
+}
+
+/// How the caller wants to watch the loop.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// How often to report.
+    pub report_every: Duration,
+    /// How many sample events to keep between reports (0: none).
+    pub samples: usize,
+}
+
+/// The processing state: partition tasks and the producer, shared with the rebalance callback.
+pub struct Engine {
+    config: Config,
+    producer: ThreadedProducer<DeliveryTracker>,
+    tasks: BTreeMap<i32, PartitionTask>,
+    outputs: Vec<OutputRecord>,
+    progress: Progress,
+    in_transaction: bool,
+    commits: u64,
+    // A failure inside a callback, surfaced by the loop.
+    failure: Option<RunError>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    fn task(&mut self, partition: i32) -> Result<&mut PartitionTask, RunError> {
+        if !self.tasks.contains_key(&partition) {
+            let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
+            let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
+            let store = StateStore::open(&path, options)
+                .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
+            let task = PartitionTask::new(partition, store, self.config.max_wait_ms as i64)?;
+            tracing::info!(partition, path = %path.display(), "opened state store");
+            self.tasks.insert(partition, task);
+        }
+        self.tasks
+            .get_mut(&partition)
+            .ok_or_else(|| RunError::Store { path: partition.to_string(), message: "task vanished".into() })
+    }
+
+    /// Processes what the merges release and hands the outputs to the producer.
+    fn process_ready(&mut self, now: i64) -> Result<(), RunError> {
+        for task in self.tasks.values_mut() {
+            task.process_ready(now, &self.config, &mut self.outputs, &mut self.progress)?;
+        }
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        if self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction {
+            self.producer.begin_transaction().map_err(|e| RunError::kafka("beginning a transaction", e))?;
+            self.in_transaction = true;
+        }
+        for record in std::mem::take(&mut self.outputs) {
+            self.send(&record)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, record: &OutputRecord) -> Result<(), RunError> {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic)
+            .payload(&record.payload[..])
+            .timestamp(record.timestamp)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            base = base.key(&key[..]);
+        }
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: let deliveries drain, then retry the same record.
+                    std::thread::sleep(Duration::from_millis(5));
+                    base = back;
+                }
+                Err((e, _)) => return Err(RunError::kafka(format!("producing to {}", record.topic), e)),
+            }
+        }
+    }
+
+    /// Makes processed work durable: outputs, then state with positions, then offsets.
+    fn commit(&mut self, consumer: &BaseConsumer<InputContext>) -> Result<(), RunError> {
+        let mut offsets = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            for p in task.pending_positions() {
+                offsets
+                    .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                    .map_err(|e| RunError::kafka("building the offsets to commit", e))?;
+            }
+        }
+        if offsets.count() == 0 && !self.in_transaction {
+            return Ok(());
+        }
+        match self.config.processing_guarantee {
+            ProcessingGuarantee::AtLeastOnce => {
+                self.producer.flush(CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
+                let (failed, last) = self.producer.context().failures();
+                if failed > 0 {
+                    return Err(RunError::Delivery(format!(
+                        "{failed} output records were not delivered (last error: {}); offsets not committed",
+                        last.unwrap_or_default()
+                    )));
+                }
+                for task in self.tasks.values_mut() {
+                    task.commit()?;
+                }
+                if offsets.count() > 0 {
+                    consumer
+                        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                        .map_err(|e| RunError::kafka("committing consumer offsets", e))?;
+                }
+            }
+            ProcessingGuarantee::ExactlyOnce => {
+                if !self.in_transaction {
+                    self.producer.begin_transaction().map_err(|e| RunError::kafka("beginning a transaction", e))?;
+                    self.in_transaction = true;
+                }
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
+                if offsets.count() > 0 {
+                    self.producer
+                        .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
+                        .map_err(|e| RunError::kafka("adding offsets to the transaction", e))?;
+                }
+                self.producer
+                    .commit_transaction(CLIENT_TIMEOUT)
+                    .map_err(|e| RunError::kafka("committing the transaction", e))?;
+                self.in_transaction = false;
+                for task in self.tasks.values_mut() {
+                    task.commit()?;
+                }
+            }
+        }
+        self.commits += 1;
+        Ok(())
+    }
+
+    /// Commits what is processed and lets the partitions go (called before a revocation).
+    pub fn on_revoke(&mut self, consumer: &BaseConsumer<InputContext>) {
+        if let Err(e) = self.commit(consumer) {
+            tracing::error!("commit before revocation failed: {e}");
+            self.failure.get_or_insert(e);
+        }
+        for task in self.tasks.values_mut() {
+            task.discard();
+        }
+        self.tasks.clear();
+        tracing::info!("partitions revoked; state stores closed");
+    }
+
+    fn counters(&self, lag: i64) -> Counters {
+        Counters {
+            records: self.progress.records,
+            tally: self.progress.tally.clone(),
+            dead_letters: self.progress.dead_letters.clone(),
+            lag,
+            commits: self.commits,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<i64> {
+        self.tasks.values().filter_map(PartitionTask::next_deadline).min()
+    }
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A poisoned lock means a callback panicked; the state is still the last consistent one.
+    engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the processor until shutdown is requested or a failure stops it.
+pub fn run(config: Config, shutdown: &Shutdown, watch: &Watch, observer: &mut dyn Observer) -> Result<Counters, RunError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| RunError::Store {
+        path: config.state_dir.display().to_string(),
+        message: format!("cannot create the state directory: {e}; set `state_dir` to a writable path"),
+    })?;
+    let producer: ThreadedProducer<DeliveryTracker> = config
+        .producer_config()
+        .create_with_context(DeliveryTracker::default())
+        .map_err(|e| RunError::kafka("creating the producer", e))?;
+    let engine = Arc::new(Mutex::new(Engine {
+        config: config.clone(),
+        producer,
+        tasks: BTreeMap::new(),
+        outputs: Vec::new(),
+        progress: Progress { samples: Samples::new(watch.samples), ..Progress::default() },
+        in_transaction: false,
+        commits: 0,
+        failure: None,
+    }));
+    let lag = Arc::new(AtomicI64::new(-1));
+    let context = InputContext { engine: engine.clone(), lag: lag.clone() };
+    let consumer: BaseConsumer<InputContext> = config
+        .consumer_config()
+        .create_with_context(context)
+        .map_err(|e| RunError::kafka("creating the consumer", e))?;
+
+    let metadata = setup::wait_for_brokers(&consumer, &config)?;
+    let partitions = setup::input_partitions(&metadata, &config)?;
+    setup::ensure_output_topics(&metadata, &config, partitions)?;
+    if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+        lock(&engine)
+            .producer
+            .init_transactions(CLIENT_TIMEOUT)
+            .map_err(|e| RunError::kafka("initialising transactions (does the broker support them? else use at_least_once)", e))?;
+    }
+    let inputs: Vec<&str> = config.topics.inputs().iter().map(|(_, t)| *t).collect();
+    consumer.subscribe(&inputs).map_err(|e| RunError::kafka("subscribing to the input topics", e))?;
+    tracing::info!(brokers = %config.brokers, partitions, guarantee = ?config.processing_guarantee, "crmflow is running");
+
+    let commit_every = Duration::from_millis(config.commit_interval_ms);
+    let mut last_commit = Instant::now();
+    let mut last_report = Instant::now();
+    while !shutdown.is_requested() {
+        let wait = {
+            let engine = lock(&engine);
+            engine.next_deadline().map_or(50, |d| (d - now_ms()).clamp(0, 50))
+        };
+        // Poll without holding the engine: rebalance callbacks run inside poll and lock it.
+        let message = consumer.poll(Duration::from_millis(wait as u64));
+        let mut engine = lock(&engine);
+        if let Some(failure) = engine.failure.take() {
+            return Err(failure);
+        }
+        match message {
+            Some(Ok(m)) => {
+                if let Some(stream) = config.topics.input_stream(m.topic()) {
+                    let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
+                    let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &config);
+                    engine.task(m.partition())?.push(stream, record, now_ms());
+                }
+            }
+            Some(Err(e)) => tracing::warn!("consumer: {e}"),
+            None => {}
+        }
+        engine.process_ready(now_ms())?;
+        if last_commit.elapsed() >= commit_every {
+            engine.commit(&consumer)?;
+            last_commit = Instant::now();
+        }
+        if last_report.elapsed() >= watch.report_every {
+            let counters = engine.counters(lag.load(Ordering::Relaxed));
+            let samples = engine.progress.samples.take();
+            drop(engine);
+            observer.report(&counters, samples);
+            last_report = Instant::now();
+        }
+    }
+    let mut engine = lock(&engine);
+    engine.commit(&consumer)?;
+    let counters = engine.counters(lag.load(Ordering::Relaxed));
+    tracing::info!("stopped after committing: {}", counters.summary());
+    Ok(counters)
+}

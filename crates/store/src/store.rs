@@ -1,0 +1,609 @@
+//! [`StateStore`]: one partition's projections in RocksDB, with a stage for the open batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use crmflow_domain::state::DEFAULT_SEEN_CAPACITY;
+use crmflow_domain::{Account, Integration, LedgerEntry, StateChange, StateView};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::{self, display_key, Family, FAMILY_COUNT};
+use crate::error::StoreError;
+
+/// How far an input topic partition has been processed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InputPosition {
+    /// The input topic.
+    pub topic: String,
+    /// The partition of that topic.
+    pub partition: i32,
+    /// The next offset to read, i.e. one past the last offset the state reflects.
+    pub next_offset: i64,
+}
+
+/// How a [`StateStore`] behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many processed event ids to remember (at least 1, like [`crmflow_domain::MemoryState`]).
+    pub seen_capacity: usize,
+    /// How many integrations to keep decoded in memory (0 disables the cache).
+    pub cache_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            seen_capacity: DEFAULT_SEEN_CAPACITY,
+            cache_capacity: 1024,
+        }
+    }
+}
+
+/// Staged writes of one family: key → new value, `None` meaning delete.
+type Stage = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What a staged write replaced, so a failed [`StateStore::stage`] can be undone.
+type Undo = (Family, Vec<u8>, Option<Option<Vec<u8>>>);
+
+/// One partition's projections on disk.
+///
+/// Decisions read through the staged (uncommitted) writes first; [`StateStore::commit`]
+/// persists them atomically together with the input positions. See the crate docs.
+pub struct StateStore {
+    path: PathBuf,
+    db: DB,
+    seen_capacity: u64,
+    // Ordered maps, so the changelog sees the writes of a batch in a stable order.
+    staged: [Stage; FAMILY_COUNT],
+    // Committed integrations only, never staged ones: discarding the stage then needs
+    // no cache repair. A Mutex (not RefCell) keeps the store `Sync`.
+    cache: Mutex<IntegrationCache>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .field("seen_capacity", &self.seen_capacity)
+            .field(
+                "staged_writes",
+                &self.staged.iter().map(BTreeMap::len).sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates, with its directories) the store at `path`.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        let families = Family::ALL.map(|family| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(family.name(), cf_options)
+        });
+        let db = DB::open_cf_descriptors(&db_options, path, families).map_err(|source| {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(StateStore {
+            path: path.to_owned(),
+            db,
+            seen_capacity: u64::try_from(options.seen_capacity.max(1)).unwrap_or(u64::MAX),
+            staged: Default::default(),
+            cache: Mutex::new(IntegrationCache::new(options.cache_capacity)),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stages the changes of a decision; later reads see them. All or nothing: if a
+    /// change fails, the changes of this call are taken back.
+    pub fn stage(&mut self, changes: &[StateChange]) -> Result<(), StoreError> {
+        let mut undo = Vec::new();
+        for change in changes {
+            if let Err(error) = self.stage_one(change, &mut undo) {
+                for (family, key, previous) in undo.into_iter().rev() {
+                    let stage = &mut self.staged[family.index()];
+                    match previous {
+                        Some(value) => stage.insert(key, value),
+                        None => stage.remove(&key),
+                    };
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists all staged writes plus input positions in one synced, atomic write,
+    /// then clears the stage. On error nothing is written and the stage is kept.
+    pub fn commit(&mut self, positions: &[InputPosition]) -> Result<(), StoreError> {
+        let writes: usize = self.staged.iter().map(BTreeMap::len).sum();
+        if writes == 0 && positions.is_empty() {
+            // Nothing to persist: skip the fsync.
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for family in Family::ALL {
+            let cf = self.cf(family)?;
+            for (key, value) in &self.staged[family.index()] {
+                match value {
+                    Some(value) => batch.put_cf(cf, key, value),
+                    None => batch.delete_cf(cf, key),
+                }
+            }
+        }
+        let meta = self.cf(Family::Meta)?;
+        for position in positions {
+            let key = encoding::position_key(&position.topic, position.partition);
+            let value = self.encode(Family::Meta, &key, position)?;
+            batch.put_cf(meta, key, value);
+        }
+        let mut write_options = WriteOptions::default();
+        // The positions promise the input will not be read again: they must be on disk.
+        write_options.set_sync(true);
+        self.db
+            .write_opt(batch, &write_options)
+            .map_err(|source| StoreError::Commit {
+                path: self.path.clone(),
+                writes,
+                positions: positions.len(),
+                source,
+            })?;
+        let staged = std::mem::take(&mut self.staged);
+        let cache = self.cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for key in staged[Family::Integrations.index()].keys() {
+            cache.invalidate(key);
+        }
+        Ok(())
+    }
+
+    /// Drops staged writes (e.g. after a failed transaction); reads see the committed state.
+    pub fn discard_staged(&mut self) {
+        self.staged = Default::default();
+    }
+
+    /// The committed input positions (next offset to read), ordered by topic and partition.
+    pub fn positions(&self) -> Result<Vec<InputPosition>, StoreError> {
+        let family = Family::Meta;
+        let cf = self.cf(family)?;
+        let mode = IteratorMode::From(encoding::POSITION_PREFIX, Direction::Forward);
+        let mut positions = Vec::new();
+        for item in self.db.iterator_cf(cf, mode) {
+            let (key, value) = item.map_err(|source| StoreError::Iterate {
+                path: self.path.clone(),
+                family: family.name(),
+                source,
+            })?;
+            if !key.starts_with(encoding::POSITION_PREFIX) {
+                break;
+            }
+            positions.push(self.decode(family, &key, &value)?);
+        }
+        positions.sort();
+        Ok(positions)
+    }
+
+    /// Staged writes as (column family name, key, value; `None` deletes), for a changelog.
+    /// Families come in a fixed order, keys in byte order within a family.
+    pub fn staged_writes(&self) -> impl Iterator<Item = (&str, &[u8], Option<&[u8]>)> {
+        Family::ALL.into_iter().flat_map(move |family| {
+            self.staged[family.index()]
+                .iter()
+                .map(move |(key, value)| (family.name(), key.as_slice(), value.as_deref()))
+        })
+    }
+
+    /// Applies a changelog record directly (restore), bypassing decisions and the stage.
+    ///
+    /// Meant for restoring before any decision: staged writes still shadow restored ones.
+    /// Not synced on its own, since a restore writes many records; the next
+    /// [`StateStore::commit`] syncs them, and an interrupted restore is simply redone.
+    pub fn restore_write(
+        &mut self,
+        family: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let Some(family) = Family::from_name(family) else {
+            return Err(StoreError::UnknownFamily {
+                path: self.path.clone(),
+                family: family.to_owned(),
+                key: display_key(key),
+            });
+        };
+        if let Some(value) = value {
+            // Refuse a corrupted record now rather than fail on it in some later decision.
+            self.check_value(family, key, value)?;
+        }
+        let cf = self.cf(family)?;
+        let result = match value {
+            Some(value) => self.db.put_cf(cf, key, value),
+            None => self.db.delete_cf(cf, key),
+        };
+        result.map_err(|source| StoreError::Restore {
+            path: self.path.clone(),
+            family: family.name(),
+            key: display_key(key),
+            source,
+        })?;
+        if family == Family::Integrations {
+            self.cache
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .invalidate(key);
+        }
+        Ok(())
+    }
+
+    fn stage_one(&mut self, change: &StateChange, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
+        match change {
+            StateChange::PutIntegration {
+                company_id,
+                integration_id,
+                integration,
+            } => self.stage_value(
+                Family::Integrations,
+                encoding::key(&[company_id, integration_id]),
+                integration,
+                undo,
+            ),
+            StateChange::PutAccount {
+                company_id,
+                integration_id,
+                crm_user_id,
+                account,
+            } => {
+                let key = encoding::key(&[company_id, integration_id, crm_user_id]);
+                self.stage_value(Family::Accounts, key, account, undo)
+            }
+            StateChange::PutTeam {
+                company_id,
+                user_id,
+                team_id,
+            } => self.stage_value(
+                Family::Teams,
+                encoding::key(&[company_id, user_id]),
+                team_id,
+                undo,
+            ),
+            StateChange::RemoveTeam {
+                company_id,
+                user_id,
+            } => {
+                self.put_staged(
+                    Family::Teams,
+                    encoding::key(&[company_id, user_id]),
+                    None,
+                    undo,
+                );
+                Ok(())
+            }
+            StateChange::PutLedger {
+                company_id,
+                activity_id,
+                entry,
+            } => self.stage_value(
+                Family::Ledger,
+                encoding::key(&[company_id, activity_id]),
+                entry,
+                undo,
+            ),
+            StateChange::RemoveLedger {
+                company_id,
+                activity_id,
+            } => {
+                self.put_staged(
+                    Family::Ledger,
+                    encoding::key(&[company_id, activity_id]),
+                    None,
+                    undo,
+                );
+                Ok(())
+            }
+            StateChange::RememberEvent {
+                company_id,
+                event_id,
+            } => self.remember(encoding::key(&[company_id, event_id]), undo),
+        }
+    }
+
+    /// Remembers an event id the way `MemoryState` does: ids already remembered keep
+    /// their place; beyond capacity, the oldest are forgotten first.
+    fn remember(&mut self, seen_key: Vec<u8>, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
+        if self.contains(Family::Seen, &seen_key)? {
+            return Ok(());
+        }
+        // Sequences are handed out contiguously and evicted from the front, so the
+        // two counters say how many are remembered without scanning `seen_order`.
+        let next = self.counter(encoding::SEEN_NEXT)?;
+        let mut oldest = self.counter(encoding::SEEN_OLDEST)?;
+        self.put_staged(Family::Seen, seen_key.clone(), Some(Vec::new()), undo);
+        self.put_staged(
+            Family::SeenOrder,
+            encoding::sequence_key(next).to_vec(),
+            Some(seen_key),
+            undo,
+        );
+        let next = next + 1;
+        while next.saturating_sub(oldest) > self.seen_capacity {
+            let order_key = encoding::sequence_key(oldest).to_vec();
+            let Some(evicted) = self.get_raw(Family::SeenOrder, &order_key)? else {
+                return Err(StoreError::Inconsistent {
+                    path: self.path.clone(),
+                    family: Family::SeenOrder.name(),
+                    key: display_key(&order_key),
+                    problem: format!(
+                        "no event id for sequence {oldest}, though the counters say ids {oldest}..{next} are remembered"
+                    ),
+                });
+            };
+            self.put_staged(Family::Seen, evicted, None, undo);
+            self.put_staged(Family::SeenOrder, order_key, None, undo);
+            oldest += 1;
+        }
+        self.stage_value(Family::Meta, encoding::SEEN_NEXT.to_vec(), &next, undo)?;
+        self.stage_value(Family::Meta, encoding::SEEN_OLDEST.to_vec(), &oldest, undo)
+    }
+
+    /// A seen-id counter from `meta`; 0 in a fresh store.
+    fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.read(Family::Meta, key)?.unwrap_or(0))
+    }
+
+    fn stage_value<T: Serialize>(
+        &mut self,
+        family: Family,
+        key: Vec<u8>,
+        value: &T,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), StoreError> {
+        let value = self.encode(family, &key, value)?;
+        self.put_staged(family, key, Some(value), undo);
+        Ok(())
+    }
+
+    fn put_staged(
+        &mut self,
+        family: Family,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        undo: &mut Vec<Undo>,
+    ) {
+        let previous = self.staged[family.index()].insert(key.clone(), value);
+        undo.push((family, key, previous));
+    }
+
+    fn cf(&self, family: Family) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(family.name())
+            .ok_or_else(|| StoreError::MissingFamily {
+                path: self.path.clone(),
+                family: family.name(),
+            })
+    }
+
+    /// The current bytes of a key: staged first, then committed.
+    fn get_raw(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(staged) = self.staged[family.index()].get(key) {
+            return Ok(staged.clone());
+        }
+        self.db
+            .get_cf(self.cf(family)?, key)
+            .map_err(|source| self.read_error(family, key, source))
+    }
+
+    /// Whether a key currently exists, staged first, then committed.
+    fn contains(&self, family: Family, key: &[u8]) -> Result<bool, StoreError> {
+        if let Some(staged) = self.staged[family.index()].get(key) {
+            return Ok(staged.is_some());
+        }
+        let found = self
+            .db
+            .get_pinned_cf(self.cf(family)?, key)
+            .map_err(|source| self.read_error(family, key, source))?;
+        Ok(found.is_some())
+    }
+
+    /// The current value of a key, decoded; staged first, then committed.
+    fn read<T: DeserializeOwned>(
+        &self,
+        family: Family,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(staged) = self.staged[family.index()].get(key) {
+            return staged
+                .as_deref()
+                .map(|bytes| self.decode(family, key, bytes))
+                .transpose();
+        }
+        self.read_committed(family, key)
+    }
+
+    fn read_committed<T: DeserializeOwned>(
+        &self,
+        family: Family,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let found = self
+            .db
+            .get_pinned_cf(self.cf(family)?, key)
+            .map_err(|source| self.read_error(family, key, source))?;
+        found
+            .map(|bytes| self.decode(family, key, &bytes))
+            .transpose()
+    }
+
+    /// Checks that a restored value decodes as what its family holds.
+    fn check_value(&self, family: Family, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        match family {
+            Family::Integrations => self.decode::<Integration>(family, key, value).map(drop),
+            Family::Accounts => self.decode::<Account>(family, key, value).map(drop),
+            Family::Teams => self.decode::<String>(family, key, value).map(drop),
+            Family::Ledger => self.decode::<LedgerEntry>(family, key, value).map(drop),
+            Family::Meta if key == encoding::SEEN_NEXT || key == encoding::SEEN_OLDEST => {
+                self.decode::<u64>(family, key, value).map(drop)
+            }
+            Family::Meta if key.starts_with(encoding::POSITION_PREFIX) => {
+                self.decode::<InputPosition>(family, key, value).map(drop)
+            }
+            // Presence markers and stored keys: any bytes will do.
+            Family::Seen | Family::SeenOrder | Family::Meta => Ok(()),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        family: Family,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        encoding::decode(bytes).map_err(|source| StoreError::Decode {
+            path: self.path.clone(),
+            family: family.name(),
+            key: display_key(key),
+            source,
+        })
+    }
+
+    fn encode<T: Serialize>(
+        &self,
+        family: Family,
+        key: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        encoding::encode(value).map_err(|source| StoreError::Encode {
+            path: self.path.clone(),
+            family: family.name(),
+            key: display_key(key),
+            source,
+        })
+    }
+
+    fn read_error(&self, family: Family, key: &[u8], source: rocksdb::Error) -> StoreError {
+        StoreError::Read {
+            path: self.path.clone(),
+            family: family.name(),
+            key: display_key(key),
+            source,
+        }
+    }
+}
+
+impl StateView for StateStore {
+    type Error = StoreError;
+
+    fn integration(
+        &self,
+        company_id: &str,
+        integration_id: &str,
+    ) -> Result<Option<Integration>, StoreError> {
+        let key = encoding::key(&[company_id, integration_id]);
+        if let Some(staged) = self.staged[Family::Integrations.index()].get(&key) {
+            return staged
+                .as_deref()
+                .map(|bytes| self.decode(Family::Integrations, &key, bytes))
+                .transpose();
+        }
+        // Every CRM change reads its integration: keep decoded ones at hand.
+        if let Some(cached) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(cached);
+        }
+        let integration: Option<Integration> = self.read_committed(Family::Integrations, &key)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, integration.clone());
+        Ok(integration)
+    }
+
+    fn account(
+        &self,
+        company_id: &str,
+        integration_id: &str,
+        crm_user_id: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        self.read(
+            Family::Accounts,
+            &encoding::key(&[company_id, integration_id, crm_user_id]),
+        )
+    }
+
+    fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.read(Family::Teams, &encoding::key(&[company_id, user_id]))
+    }
+
+    fn ledger_entry(
+        &self,
+        company_id: &str,
+        activity_id: &str,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        self.read(Family::Ledger, &encoding::key(&[company_id, activity_id]))
+    }
+
+    fn has_seen(&self, company_id: &str, event_id: &str) -> Result<bool, StoreError> {
+        self.contains(Family::Seen, &encoding::key(&[company_id, event_id]))
+    }
+}
+
+/// Committed integrations (including known absences), decoded, up to a capacity.
+struct IntegrationCache {
+    capacity: usize,
+    entries: HashMap<Vec<u8>, Option<Integration>>,
+}
+
+impl IntegrationCache {
+    fn new(capacity: usize) -> Self {
+        IntegrationCache {
+            capacity,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Option<Integration>> {
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Integration>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            // A partition has few integrations; evicting an arbitrary one is good enough.
+            if let Some(victim) = self.entries.keys().next().cloned() {
+                self.entries.remove(&victim);
+            }
+        }
+        self.entries.insert(key, value);
+    }
+
+    fn invalidate(&mut self, key: &[u8]) {
+        self.entries.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests;

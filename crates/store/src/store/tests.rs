@@ -1,0 +1,730 @@
+use super::*;
+
+use crmflow_domain::{decide, InputEvent, MemoryState, Timestamp};
+use proptest::prelude::*;
+use serde_json::json;
+use tempfile::TempDir;
+
+fn open(dir: &TempDir) -> StateStore {
+    open_with(dir, StoreOptions::default())
+}
+
+fn open_with(dir: &TempDir, options: StoreOptions) -> StateStore {
+    // A partition subdirectory that does not exist yet, as the runtime uses it.
+    StateStore::open(&dir.path().join("0"), options).expect("store opens")
+}
+
+fn put_team(company: &str, user: &str, team: &str) -> StateChange {
+    StateChange::PutTeam {
+        company_id: company.into(),
+        user_id: user.into(),
+        team_id: team.into(),
+    }
+}
+
+fn remember(company: &str, event: &str) -> StateChange {
+    StateChange::RememberEvent {
+        company_id: company.into(),
+        event_id: event.into(),
+    }
+}
+
+fn put_integration(company: &str, integration: &str, crm: &str) -> StateChange {
+    StateChange::PutIntegration {
+        company_id: company.into(),
+        integration_id: integration.into(),
+        integration: Integration {
+            crm: crm.into(),
+            ..Integration::default()
+        },
+    }
+}
+
+/// One changelog record as `staged_writes` lists it.
+type Write<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+
+fn position(topic: &str, partition: i32, next_offset: i64) -> InputPosition {
+    InputPosition {
+        topic: topic.into(),
+        partition,
+        next_offset,
+    }
+}
+
+#[test]
+fn staged_writes_are_visible_before_commit_and_lost_on_reopen_without_it() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store
+        .stage(&[put_team("acme", "u1", "ny"), remember("acme", "e1")])
+        .expect("stages");
+    assert_eq!(
+        store.team_of("acme", "u1").expect("reads").as_deref(),
+        Some("ny")
+    );
+    assert!(store.has_seen("acme", "e1").expect("reads"));
+    assert!(
+        !store.has_seen("other", "e1").expect("reads"),
+        "companies never share state"
+    );
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
+    assert!(!store.has_seen("acme", "e1").expect("reads"));
+    assert!(store.positions().expect("reads").is_empty());
+}
+
+#[test]
+fn committed_writes_and_positions_survive_reopen() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let entry = LedgerEntry {
+        user_id: "u1".into(),
+        crm_user_id: "005A".into(),
+        team_id: "ny".into(),
+        activity_type: "Sale".into(),
+        value: Some(1200.5),
+        occurred_at: Timestamp(1_714_557_600_000),
+    };
+    store
+        .stage(&[
+            put_integration("acme", "sf", "salesforce"),
+            StateChange::PutAccount {
+                company_id: "acme".into(),
+                integration_id: "sf".into(),
+                crm_user_id: "005A".into(),
+                account: Account {
+                    user_id: "u1".into(),
+                },
+            },
+            put_team("acme", "u1", "ny"),
+            StateChange::PutLedger {
+                company_id: "acme".into(),
+                activity_id: "a1".into(),
+                entry: entry.clone(),
+            },
+            remember("acme", "e1"),
+        ])
+        .expect("stages");
+    store
+        .commit(&[
+            position("crm.changes", 3, 42),
+            position("team.assignments", 3, 7),
+        ])
+        .expect("commits");
+    assert_eq!(store.staged_writes().count(), 0, "commit clears the stage");
+    drop(store);
+
+    let mut store = open(&dir);
+    let integration = store
+        .integration("acme", "sf")
+        .expect("reads")
+        .expect("present");
+    assert_eq!(integration.crm, "salesforce");
+    assert_eq!(
+        store.account("acme", "sf", "005A").expect("reads"),
+        Some(Account {
+            user_id: "u1".into()
+        })
+    );
+    assert_eq!(
+        store.team_of("acme", "u1").expect("reads").as_deref(),
+        Some("ny")
+    );
+    assert_eq!(
+        store.ledger_entry("acme", "a1").expect("reads"),
+        Some(entry)
+    );
+    assert!(store.has_seen("acme", "e1").expect("reads"));
+    assert_eq!(
+        store.positions().expect("reads"),
+        vec![
+            position("crm.changes", 3, 42),
+            position("team.assignments", 3, 7)
+        ]
+    );
+
+    // Positions are per topic partition: a later commit moves only the ones it names.
+    store
+        .stage(&[StateChange::RemoveLedger {
+            company_id: "acme".into(),
+            activity_id: "a1".into(),
+        }])
+        .expect("stages");
+    store
+        .commit(&[position("crm.changes", 3, 50)])
+        .expect("commits");
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.ledger_entry("acme", "a1").expect("reads"), None);
+    assert_eq!(
+        store.positions().expect("reads"),
+        vec![
+            position("crm.changes", 3, 50),
+            position("team.assignments", 3, 7)
+        ]
+    );
+}
+
+#[test]
+fn discard_staged_keeps_only_committed_writes() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store
+        .stage(&[
+            put_integration("acme", "sf", "salesforce"),
+            remember("acme", "e1"),
+        ])
+        .expect("stages");
+    store
+        .commit(&[position("crm.changes", 0, 1)])
+        .expect("commits");
+    // Prime the integration cache, so discarding must not leave a staged value in it.
+    assert!(store.integration("acme", "sf").expect("reads").is_some());
+
+    store
+        .stage(&[
+            put_integration("acme", "sf", "hubspot"),
+            remember("acme", "e2"),
+            put_team("acme", "u1", "ny"),
+        ])
+        .expect("stages");
+    assert_eq!(
+        store
+            .integration("acme", "sf")
+            .expect("reads")
+            .map(|i| i.crm)
+            .as_deref(),
+        Some("hubspot")
+    );
+    store.discard_staged();
+
+    assert_eq!(store.staged_writes().count(), 0);
+    assert_eq!(
+        store
+            .integration("acme", "sf")
+            .expect("reads")
+            .map(|i| i.crm)
+            .as_deref(),
+        Some("salesforce")
+    );
+    assert!(store.has_seen("acme", "e1").expect("reads"));
+    assert!(!store.has_seen("acme", "e2").expect("reads"));
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
+
+    // The seen counters were discarded too: the next remembered id reuses the sequence.
+    store.stage(&[remember("acme", "e3")]).expect("stages");
+    store.commit(&[]).expect("commits");
+    assert!(store.has_seen("acme", "e3").expect("reads"));
+    assert_eq!(store.counter(encoding::SEEN_NEXT).expect("reads"), 2);
+}
+
+#[test]
+fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
+    let dir = TempDir::new().expect("temp dir");
+    let options = StoreOptions {
+        seen_capacity: 2,
+        ..StoreOptions::default()
+    };
+    let mut store = open_with(&dir, options.clone());
+    store
+        .stage(&[remember("c1", "a"), remember("c1", "b")])
+        .expect("stages");
+    store.commit(&[]).expect("commits");
+    // Remembering "a" again keeps its place (it stays the oldest), as in MemoryState.
+    store
+        .stage(&[remember("c1", "a"), remember("c1", "c")])
+        .expect("stages");
+    assert!(!store.has_seen("c1", "a").expect("reads"));
+    assert!(store.has_seen("c1", "b").expect("reads"));
+    assert!(store.has_seen("c1", "c").expect("reads"));
+    store.commit(&[]).expect("commits");
+    drop(store);
+
+    let mut store = open_with(&dir, options);
+    store.stage(&[remember("c1", "d")]).expect("stages");
+    store.commit(&[]).expect("commits");
+    let seen: Vec<bool> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| store.has_seen("c1", id).expect("reads"))
+        .collect();
+    assert_eq!(seen, [false, false, true, true]);
+    let order = store.cf(Family::SeenOrder).expect("family");
+    let remaining = store.db.iterator_cf(order, IteratorMode::Start).count();
+    assert_eq!(remaining, 2, "evicted ids leave no sequence entries behind");
+    drop(store);
+
+    // A smaller capacity on reopen trims to it at the next remembered id.
+    let mut store = open_with(
+        &dir,
+        StoreOptions {
+            seen_capacity: 1,
+            ..StoreOptions::default()
+        },
+    );
+    store.stage(&[remember("c1", "e")]).expect("stages");
+    let seen: Vec<bool> = ["c", "d", "e"]
+        .iter()
+        .map(|id| store.has_seen("c1", id).expect("reads"))
+        .collect();
+    assert_eq!(seen, [false, false, true]);
+}
+
+#[test]
+fn staged_writes_list_families_keys_and_deletions() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store
+        .stage(&[
+            put_team("acme", "u1", "ny"),
+            StateChange::RemoveTeam {
+                company_id: "acme".into(),
+                user_id: "u2".into(),
+            },
+        ])
+        .expect("stages");
+    let writes: Vec<Write<'_>> = store.staged_writes().collect();
+    assert_eq!(
+        writes,
+        vec![
+            ("teams", &b"acme\0u1"[..], Some(&b"\"ny\""[..])),
+            ("teams", &b"acme\0u2"[..], None)
+        ]
+    );
+}
+
+#[test]
+fn restore_write_round_trip() {
+    let source_dir = TempDir::new().expect("temp dir");
+    let mut source = open(&source_dir);
+    let target_dir = TempDir::new().expect("temp dir");
+    let mut target = open(&target_dir);
+
+    let batches = [
+        vec![
+            put_integration("acme", "sf", "salesforce"),
+            put_team("acme", "u1", "ny"),
+            remember("acme", "e1"),
+        ],
+        vec![
+            put_integration("acme", "sf", "hubspot"),
+            StateChange::RemoveTeam {
+                company_id: "acme".into(),
+                user_id: "u1".into(),
+            },
+            remember("acme", "e2"),
+        ],
+    ];
+    for batch in &batches {
+        source.stage(batch).expect("stages");
+        // Prime the target's cache, so the restore must invalidate it.
+        target.integration("acme", "sf").expect("reads");
+        let records: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = source
+            .staged_writes()
+            .map(|(family, key, value)| {
+                (family.to_owned(), key.to_vec(), value.map(<[u8]>::to_vec))
+            })
+            .collect();
+        source.commit(&[]).expect("commits");
+        for (family, key, value) in &records {
+            target
+                .restore_write(family, key, value.as_deref())
+                .expect("restores");
+        }
+    }
+    target
+        .commit(&[position("crmflow-changelog", 0, 6)])
+        .expect("commits");
+    drop(target);
+
+    let target = open(&target_dir);
+    assert_eq!(
+        target.integration("acme", "sf").expect("reads"),
+        source.integration("acme", "sf").expect("reads")
+    );
+    assert_eq!(
+        target
+            .integration("acme", "sf")
+            .expect("reads")
+            .map(|i| i.crm)
+            .as_deref(),
+        Some("hubspot")
+    );
+    assert_eq!(target.team_of("acme", "u1").expect("reads"), None);
+    assert!(target.has_seen("acme", "e1").expect("reads"));
+    assert!(target.has_seen("acme", "e2").expect("reads"));
+    assert_eq!(target.counter(encoding::SEEN_NEXT).expect("reads"), 2);
+    assert_eq!(
+        target.positions().expect("reads"),
+        vec![position("crmflow-changelog", 0, 6)]
+    );
+}
+
+#[test]
+fn restore_write_rejects_unknown_families_and_corrupted_values() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let error = store
+        .restore_write("nope", b"k", Some(b"{}"))
+        .expect_err("unknown family");
+    assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
+    let error = store
+        .restore_write("ledger", b"acme\0a1", Some(b"not json"))
+        .expect_err("corrupted");
+    assert!(
+        matches!(
+            error,
+            StoreError::Decode {
+                family: "ledger",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("acme\\x00a1"),
+        "names the key: {error}"
+    );
+    assert_eq!(
+        store
+            .ledger_entry("acme", "a1")
+            .expect("nothing was written"),
+        None
+    );
+}
+
+#[test]
+fn corrupted_values_on_disk_are_errors() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = open(&dir);
+    let cf = store.cf(Family::Integrations).expect("family");
+    store
+        .db
+        .put_cf(cf, encoding::key(&["acme", "sf"]), b"{\"crm\": 5}")
+        .expect("raw write");
+    let error = store.integration("acme", "sf").expect_err("corrupted");
+    let message = error.to_string();
+    assert!(
+        message.contains("integrations") && message.contains("acme\\x00sf"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&dir.path().join("0").display().to_string()),
+        "{message}"
+    );
+
+    let cf = store.cf(Family::Meta).expect("family");
+    store
+        .db
+        .put_cf(cf, encoding::SEEN_NEXT, b"-1")
+        .expect("raw write");
+    let mut store = store;
+    assert!(matches!(
+        store.stage(&[remember("acme", "e1")]),
+        Err(StoreError::Decode { family: "meta", .. })
+    ));
+}
+
+#[test]
+fn failed_stage_takes_back_its_earlier_changes() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store
+        .stage(&[put_team("acme", "u0", "la")])
+        .expect("stages");
+    let cf = store.cf(Family::Meta).expect("family");
+    store
+        .db
+        .put_cf(cf, encoding::SEEN_NEXT, b"garbage")
+        .expect("raw write");
+    let result = store.stage(&[
+        put_team("acme", "u0", "ny"),
+        put_team("acme", "u1", "ny"),
+        remember("acme", "e1"),
+    ]);
+    assert!(result.is_err());
+    assert_eq!(
+        store.team_of("acme", "u0").expect("reads").as_deref(),
+        Some("la"),
+        "earlier stage kept"
+    );
+    assert_eq!(
+        store.team_of("acme", "u1").expect("reads"),
+        None,
+        "this stage taken back"
+    );
+    assert_eq!(store.staged_writes().count(), 1);
+}
+
+#[test]
+fn committed_integration_changes_reach_cached_readers() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open_with(
+        &dir,
+        StoreOptions {
+            cache_capacity: 1,
+            ..StoreOptions::default()
+        },
+    );
+    assert_eq!(
+        store.integration("acme", "sf").expect("reads"),
+        None,
+        "absence gets cached"
+    );
+    store
+        .stage(&[put_integration("acme", "sf", "salesforce")])
+        .expect("stages");
+    store.commit(&[]).expect("commits");
+    assert_eq!(
+        store
+            .integration("acme", "sf")
+            .expect("reads")
+            .map(|i| i.crm)
+            .as_deref(),
+        Some("salesforce")
+    );
+    // Capacity 1: reading another integration evicts the first; both still read right.
+    assert_eq!(store.integration("acme", "hs").expect("reads"), None);
+    assert_eq!(
+        store
+            .integration("acme", "sf")
+            .expect("reads")
+            .map(|i| i.crm)
+            .as_deref(),
+        Some("salesforce")
+    );
+}
+
+/// A small stream in the shapes of `tests/scenarios/seed-walkthrough`, plus resends,
+/// removals and deletions, so every projection is read and written.
+fn stream() -> Vec<InputEvent> {
+    let crm = |event_id: &str, object_id: &str, operation: &str, fields: serde_json::Value| {
+        json!({"type": "CrmRecordChanged", "event_id": event_id, "company_id": "acme", "integration_id": "sf",
+               "object_type": "Opportunity", "object_id": object_id, "operation": operation,
+               "occurred_at": "2024-05-01T10:00:03Z", "fields": fields,
+               "users": {"005A": {"name": "Ada Lovelace", "email": "ada@acme.test"}}})
+    };
+    let won = |owner: &str, amount: serde_json::Value| json!({"OwnerId": owner, "StageName": "Closed Won", "Amount": amount, "CloseDate": "2024-05-01"});
+    let ada = "12cc98fe-192c-5d19-bdcb-ccdcd1d153d8";
+    let events = vec![
+        json!({"type": "IntegrationSettingsChanged", "company_id": "acme", "integration_id": "sf",
+               "crm": "salesforce", "auto_sync_users": true, "changed_at": "2024-05-01T10:00:01Z"}),
+        json!({"type": "WorkflowSaved", "company_id": "acme", "integration_id": "sf", "changed_at": "2024-05-01T10:00:02Z",
+               "workflow": {"workflow_id": "w-sales", "name": "Won opportunities", "active": true,
+                            "object_type": "Opportunity", "triggers": ["created", "updated", "deleted"],
+                            "conditions": [{"field": "StageName", "op": "eq", "value": "Closed Won"}],
+                            "activity_type": "Sale", "user_field": "OwnerId", "value_field": "Amount",
+                            "occurred_at_field": "CloseDate"}}),
+        crm("e1", "006A", "created", won("005A", json!(1000))),
+        json!({"type": "UserAssignedToTeam", "company_id": "acme", "user_id": ada, "team_id": "new-york",
+               "changed_at": "2024-05-01T10:00:04Z"}),
+        crm("e2", "006A", "updated", won("005A", json!(1200))),
+        crm("e2", "006A", "updated", won("005A", json!(1200))),
+        crm("e3", "006A", "updated", won("005A", json!(1200.1))),
+        crm("e4", "006B", "created", won("005A", json!("2500.50"))),
+        crm("e5", "006B", "updated", won("005B", json!(2500.5))),
+        crm(
+            "e6",
+            "006A",
+            "updated",
+            json!({"OwnerId": "005A", "StageName": "Closed Lost"}),
+        ),
+        json!({"type": "UserRemovedFromTeam", "company_id": "acme", "user_id": ada, "team_id": "boston",
+               "changed_at": "2024-05-01T10:00:08Z"}),
+        json!({"type": "UserRemovedFromTeam", "company_id": "acme", "user_id": ada, "team_id": "new-york",
+               "changed_at": "2024-05-01T10:00:09Z"}),
+        crm("e7", "006A", "updated", won("005A", json!(1))),
+        json!({"type": "UserAssignedToTeam", "company_id": "acme", "user_id": ada, "team_id": "boston",
+               "changed_at": "2024-05-01T10:00:10Z"}),
+        crm("e8", "006A", "updated", won("005A", json!(2))),
+        crm("e9", "006A", "deleted", json!({})),
+        json!({"type": "WorkflowDeleted", "company_id": "acme", "integration_id": "sf", "workflow_id": "w-sales",
+               "changed_at": "2024-05-01T10:00:11Z"}),
+        crm("e10", "006B", "updated", won("005A", json!(3))),
+        crm("e1", "006A", "created", won("005A", json!(1000))),
+    ];
+    events
+        .into_iter()
+        .map(|event| serde_json::from_value(event).expect("valid input event"))
+        .collect()
+}
+
+#[test]
+fn deciding_through_the_store_matches_memory_state() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let mut memory = MemoryState::default();
+    let mut outputs = 0;
+    for (offset, event) in stream().iter().enumerate() {
+        let expected = memory.process(event);
+        let decision = decide(&store, event).expect("decides");
+        assert_eq!(decision, expected, "event {offset}: {event:?}");
+        outputs += decision.outputs.len();
+        store.stage(&decision.changes).expect("stages");
+        // Commit every third event and reopen once, so batches span commits and restarts.
+        if offset % 3 == 2 {
+            let next_offset = i64::try_from(offset).expect("small") + 1;
+            store
+                .commit(&[position("input", 0, next_offset)])
+                .expect("commits");
+        }
+        if offset == 8 {
+            drop(store);
+            store = open(&dir);
+        }
+    }
+    assert!(
+        outputs >= 10,
+        "the stream exercises the core ({outputs} outputs)"
+    );
+    assert!(!store.has_seen("acme", "e0").expect("reads"));
+    assert!(store.has_seen("acme", "e10").expect("reads"));
+}
+
+/// What the property test does to the store and to its in-memory model.
+#[derive(Debug, Clone)]
+enum Op {
+    Stage(Vec<StateChange>),
+    Commit,
+    Discard,
+    Reopen,
+}
+
+const IDS: [&str; 3] = ["a", "b", "c"];
+const COMPANIES: [&str; 2] = ["c1", "c2"];
+
+fn id() -> impl Strategy<Value = String> {
+    prop::sample::select(&IDS[..]).prop_map(str::to_owned)
+}
+
+fn company() -> impl Strategy<Value = String> {
+    prop::sample::select(&COMPANIES[..]).prop_map(str::to_owned)
+}
+
+fn change() -> impl Strategy<Value = StateChange> {
+    let entry = (
+        id(),
+        id(),
+        prop::option::of(-1e9f64..1e9),
+        0i64..4_102_444_800_000,
+    )
+        .prop_map(|(user_id, team_id, value, millis)| LedgerEntry {
+            user_id,
+            crm_user_id: "crm".into(),
+            team_id,
+            activity_type: "Sale".into(),
+            value,
+            occurred_at: Timestamp(millis),
+        });
+    prop_oneof![
+        1 => (company(), id(), id(), any::<bool>()).prop_map(|(company_id, integration_id, crm, auto_sync_users)| {
+            StateChange::PutIntegration {
+                company_id,
+                integration_id,
+                integration: Integration { crm, auto_sync_users, ..Integration::default() },
+            }
+        }),
+        1 => (company(), id(), id(), id()).prop_map(|(company_id, integration_id, crm_user_id, user_id)| {
+            StateChange::PutAccount { company_id, integration_id, crm_user_id, account: Account { user_id } }
+        }),
+        1 => (company(), id(), id()).prop_map(|(company_id, user_id, team_id)| StateChange::PutTeam {
+            company_id,
+            user_id,
+            team_id
+        }),
+        1 => (company(), id()).prop_map(|(company_id, user_id)| StateChange::RemoveTeam { company_id, user_id }),
+        1 => (company(), id(), entry).prop_map(|(company_id, activity_id, entry)| StateChange::PutLedger {
+            company_id,
+            activity_id,
+            entry
+        }),
+        1 => (company(), id()).prop_map(|(company_id, activity_id)| StateChange::RemoveLedger { company_id, activity_id }),
+        // Remembering is weighted up, so the bound is hit and evictions happen often.
+        3 => (company(), prop::sample::select(&["e1", "e2", "e3", "e4", "e5", "e6"][..]))
+            .prop_map(|(company_id, event_id)| StateChange::RememberEvent { company_id, event_id: event_id.into() }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => prop::collection::vec(change(), 1..4).prop_map(Op::Stage),
+        3 => Just(Op::Commit),
+        1 => Just(Op::Discard),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Asserts every read of the (small) id space agrees between the store and the model.
+fn assert_same_reads(store: &StateStore, model: &MemoryState) -> Result<(), TestCaseError> {
+    let events = ["e1", "e2", "e3", "e4", "e5", "e6"];
+    for company in COMPANIES {
+        for a in IDS {
+            prop_assert_eq!(
+                store.integration(company, a).expect("reads"),
+                model.integration(company, a).expect("reads")
+            );
+            prop_assert_eq!(
+                store.team_of(company, a).expect("reads"),
+                model.team_of(company, a).expect("reads")
+            );
+            prop_assert_eq!(
+                store.ledger_entry(company, a).expect("reads"),
+                model.ledger_entry(company, a).expect("reads")
+            );
+            for b in IDS {
+                prop_assert_eq!(
+                    store.account(company, a, b).expect("reads"),
+                    model.account(company, a, b).expect("reads")
+                );
+            }
+        }
+        for event in events {
+            prop_assert_eq!(
+                store.has_seen(company, event).expect("reads"),
+                model.has_seen(company, event).expect("reads"),
+                "has_seen({}, {})",
+                company,
+                event
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The store behaves exactly like `MemoryState` for the same changes, including the
+    /// seen bound, across commits, discards and restarts (the model tracks what was committed).
+    #[test]
+    fn behaves_like_memory_state(capacity in 1usize..5, ops in prop::collection::vec(op(), 1..40)) {
+        let dir = TempDir::new().expect("temp dir");
+        let options = StoreOptions { seen_capacity: capacity, cache_capacity: 2 };
+        let mut store = open_with(&dir, options.clone());
+        let mut committed = MemoryState::with_seen_capacity(capacity);
+        let mut working = committed.clone();
+        for op in ops {
+            match op {
+                Op::Stage(changes) => {
+                    store.stage(&changes).expect("stages");
+                    working.apply(changes);
+                }
+                Op::Commit => {
+                    store.commit(&[]).expect("commits");
+                    committed = working.clone();
+                }
+                Op::Discard => {
+                    store.discard_staged();
+                    working = committed.clone();
+                }
+                Op::Reopen => {
+                    drop(store);
+                    store = open_with(&dir, options.clone());
+                    working = committed.clone();
+                }
+            }
+            assert_same_reads(&store, &working)?;
+        }
+    }
+}
