@@ -51,10 +51,7 @@ pub(crate) struct Violation {
 
 impl Violation {
     fn new(path: &Path<'_>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.to_string(),
-            message: message.into(),
-        }
+        Self { path: path.to_string(), message: message.into() }
     }
 }
 
@@ -92,18 +89,11 @@ pub(crate) fn collect_names(schema: &Schema, names: &mut Names) {
 }
 
 /// Follows a `Schema::Ref` to the named type it stands for; other schemas are returned as is.
-fn deref<'s>(
-    schema: &'s Schema,
-    names: &'s Names,
-    path: &Path<'_>,
-) -> Result<&'s Schema, Violation> {
+fn deref<'s>(schema: &'s Schema, names: &'s Names, path: &Path<'_>) -> Result<&'s Schema, Violation> {
     match schema {
-        Schema::Ref { name } => names.get(name).ok_or_else(|| {
-            Violation::new(
-                path,
-                format!("schema refers to undefined type {}", fullname(name)),
-            )
-        }),
+        Schema::Ref { name } => names
+            .get(name)
+            .ok_or_else(|| Violation::new(path, format!("schema refers to undefined type {}", fullname(name)))),
         other => Ok(other),
     }
 }
@@ -123,21 +113,9 @@ pub(crate) fn json_to_avro(
     names: &Names,
     path: &Path<'_>,
 ) -> Result<AvroValue, Violation> {
-    let mismatch = || {
-        Violation::new(
-            path,
-            format!(
-                "expected {}, got {}",
-                expected(schema, names),
-                describe(json)
-            ),
-        )
-    };
+    let mismatch = || Violation::new(path, format!("expected {}, got {}", expected(schema, names), describe(json)));
     match schema {
-        Schema::Null => json
-            .is_null()
-            .then_some(AvroValue::Null)
-            .ok_or_else(mismatch),
+        Schema::Null => json.is_null().then_some(AvroValue::Null).ok_or_else(mismatch),
         Schema::Boolean => json.as_bool().map(AvroValue::Boolean).ok_or_else(mismatch),
         Schema::Int => {
             let n = json.as_i64().ok_or_else(mismatch)?;
@@ -146,29 +124,18 @@ pub(crate) fn json_to_avro(
                 .map_err(|_| Violation::new(path, format!("{n} is out of range for an Avro int")))
         }
         Schema::Long => match json {
-            JsonValue::Number(n) if n.is_u64() && !n.is_i64() => Err(Violation::new(
-                path,
-                format!("{n} is out of range for an Avro long"),
-            )),
+            JsonValue::Number(n) if n.is_u64() && !n.is_i64() => {
+                Err(Violation::new(path, format!("{n} is out of range for an Avro long")))
+            }
             _ => json.as_i64().map(AvroValue::Long).ok_or_else(mismatch),
         },
         // f64 -> f32 narrowing is what a float field means; no crmflow schema uses float.
-        Schema::Float => json
-            .as_f64()
-            .map(|f| AvroValue::Float(f as f32))
-            .ok_or_else(mismatch),
+        Schema::Float => json.as_f64().map(|f| AvroValue::Float(f as f32)).ok_or_else(mismatch),
         Schema::Double => json.as_f64().map(AvroValue::Double).ok_or_else(mismatch),
-        Schema::String => json
-            .as_str()
-            .map(|s| AvroValue::String(s.to_owned()))
-            .ok_or_else(mismatch),
+        Schema::String => json.as_str().map(|s| AvroValue::String(s.to_owned())).ok_or_else(mismatch),
         Schema::Enum(e) => {
             let symbol = json.as_str().ok_or_else(mismatch)?;
-            let index = e
-                .symbols
-                .iter()
-                .position(|s| s == symbol)
-                .ok_or_else(mismatch)?;
+            let index = e.symbols.iter().position(|s| s == symbol).ok_or_else(mismatch)?;
             // Symbol lists are tiny; an index beyond u32 cannot come from a parsed schema.
             let index = u32::try_from(index).map_err(|_| mismatch())?;
             Ok(AvroValue::Enum(index, symbol.to_owned()))
@@ -176,13 +143,7 @@ pub(crate) fn json_to_avro(
         Schema::TimestampMillis => {
             let text = json.as_str().ok_or_else(mismatch)?;
             let instant = DateTime::parse_from_rfc3339(text).map_err(|e| {
-                Violation::new(
-                    path,
-                    format!(
-                        "expected an RFC 3339 timestamp, got {}: {e}",
-                        describe(json)
-                    ),
-                )
+                Violation::new(path, format!("expected an RFC 3339 timestamp, got {}: {e}", describe(json)))
             })?;
             // Sub-millisecond digits are truncated: the Avro field holds milliseconds.
             Ok(AvroValue::TimestampMillis(instant.timestamp_millis()))
@@ -201,8 +162,7 @@ pub(crate) fn json_to_avro(
             entries
                 .iter()
                 .map(|(key, value)| {
-                    json_to_avro(&map.types, value, names, &Path::Key(path, key))
-                        .map(|v| (key.clone(), v))
+                    json_to_avro(&map.types, value, names, &Path::Key(path, key)).map(|v| (key.clone(), v))
                 })
                 .collect::<Result<HashMap<_, _>, _>>()
                 .map(AvroValue::Map)
@@ -215,10 +175,7 @@ pub(crate) fn json_to_avro(
         Schema::Ref { .. } => json_to_avro(deref(schema, names, path)?, json, names, path),
         other => Err(Violation::new(
             path,
-            format!(
-                "schema type {:?} is not supported by crmflow-avro",
-                SchemaKind::from(other)
-            ),
+            format!("schema type {:?} is not supported by crmflow-avro", SchemaKind::from(other)),
         )),
     }
 }
@@ -234,16 +191,12 @@ fn record_to_avro(
     for field in &record.fields {
         let field_path = Path::Key(path, &field.name);
         let value = match (object.get(&field.name), &field.default) {
-            (Some(value), _) if !value.is_null() => {
-                json_to_avro(&field.schema, value, names, &field_path)?
-            }
+            (Some(value), _) if !value.is_null() => json_to_avro(&field.schema, value, names, &field_path)?,
             // Missing and the schema has a default: use it. Defaults are in Avro's JSON encoding
             // (e.g. a number for a timestamp), so apache-avro resolves them, not our converter.
             (None, Some(default)) => AvroValue::try_from(default.clone())
                 .and_then(|v| v.resolve_with_names(&field.schema, names))
-                .map_err(|e| {
-                    Violation::new(&field_path, format!("schema default does not resolve: {e}"))
-                })?,
+                .map_err(|e| Violation::new(&field_path, format!("schema default does not resolve: {e}")))?,
             // Missing or null: fine exactly when the field is nullable.
             (value, _) => {
                 if is_nullable(&field.schema, names) {
@@ -256,10 +209,7 @@ fn record_to_avro(
                 } else {
                     return Err(Violation::new(
                         &field_path,
-                        format!(
-                            "missing required field (expected {})",
-                            expected(&field.schema, names)
-                        ),
+                        format!("missing required field (expected {})", expected(&field.schema, names)),
                     ));
                 }
             }
@@ -291,18 +241,11 @@ fn union_to_avro(
     let preference: &[SchemaKind] = match json {
         JsonValue::Null => &[SchemaKind::Null],
         JsonValue::Bool(_) => &[SchemaKind::Boolean],
-        JsonValue::Number(n) if n.is_i64() => &[
-            SchemaKind::Long,
-            SchemaKind::Int,
-            SchemaKind::Double,
-            SchemaKind::Float,
-        ],
+        JsonValue::Number(n) if n.is_i64() => {
+            &[SchemaKind::Long, SchemaKind::Int, SchemaKind::Double, SchemaKind::Float]
+        }
         JsonValue::Number(_) => &[SchemaKind::Double, SchemaKind::Float],
-        JsonValue::String(_) => &[
-            SchemaKind::String,
-            SchemaKind::Enum,
-            SchemaKind::TimestampMillis,
-        ],
+        JsonValue::String(_) => &[SchemaKind::String, SchemaKind::Enum, SchemaKind::TimestampMillis],
         JsonValue::Array(_) => &[SchemaKind::Array],
         JsonValue::Object(_) => &[SchemaKind::Record, SchemaKind::Map],
     };
@@ -316,8 +259,8 @@ fn union_to_avro(
             match json_to_avro(resolved, json, names, path) {
                 Ok(value) => {
                     // A parsed union has far fewer than u32::MAX branches.
-                    let index = u32::try_from(index)
-                        .map_err(|_| Violation::new(path, "union has too many branches"))?;
+                    let index =
+                        u32::try_from(index).map_err(|_| Violation::new(path, "union has too many branches"))?;
                     return Ok(AvroValue::Union(index, Box::new(value)));
                 }
                 // Keep the first branch's error: with one candidate (the usual case) it is the
@@ -329,14 +272,7 @@ fn union_to_avro(
         }
     }
     Err(first_error.unwrap_or_else(|| {
-        Violation::new(
-            path,
-            format!(
-                "expected {}, got {}",
-                expected_union(union, names),
-                describe(json)
-            ),
-        )
+        Violation::new(path, format!("expected {}, got {}", expected_union(union, names), describe(json)))
     }))
 }
 
@@ -364,12 +300,7 @@ fn expected(schema: &Schema, names: &Names) -> String {
 }
 
 fn expected_union(union: &UnionSchema, names: &Names) -> String {
-    union
-        .variants()
-        .iter()
-        .map(|v| expected(v, names))
-        .collect::<Vec<_>>()
-        .join(" or ")
+    union.variants().iter().map(|v| expected(v, names)).collect::<Vec<_>>().join(" or ")
 }
 
 /// Describes a JSON value briefly for error messages (short strings verbatim, nothing large).
@@ -403,11 +334,7 @@ pub(crate) fn avro_to_json(
     let mismatch = || {
         Violation::new(
             path,
-            format!(
-                "decoded value {:?} does not fit schema type {:?}",
-                kind_of(value),
-                SchemaKind::from(schema)
-            ),
+            format!("decoded value {:?} does not fit schema type {:?}", kind_of(value), SchemaKind::from(schema)),
         )
     };
     Ok(match (schema, value) {
@@ -421,12 +348,8 @@ pub(crate) fn avro_to_json(
         (Schema::String, AvroValue::String(s)) => JsonValue::String(s.clone()),
         (Schema::Enum(_), AvroValue::Enum(_, symbol)) => JsonValue::String(symbol.clone()),
         (Schema::TimestampMillis, AvroValue::TimestampMillis(ms) | AvroValue::Long(ms)) => {
-            let instant = DateTime::from_timestamp_millis(*ms).ok_or_else(|| {
-                Violation::new(
-                    path,
-                    format!("timestamp {ms} ms since the epoch is out of range"),
-                )
-            })?;
+            let instant = DateTime::from_timestamp_millis(*ms)
+                .ok_or_else(|| Violation::new(path, format!("timestamp {ms} ms since the epoch is out of range")))?;
             JsonValue::String(instant.to_rfc3339_opts(SecondsFormat::Millis, true))
         }
         (Schema::Array(array), AvroValue::Array(items)) => JsonValue::Array(
@@ -439,10 +362,7 @@ pub(crate) fn avro_to_json(
         (Schema::Map(map), AvroValue::Map(entries)) => JsonValue::Object(
             entries
                 .iter()
-                .map(|(key, v)| {
-                    avro_to_json(&map.types, v, names, &Path::Key(path, key))
-                        .map(|j| (key.clone(), j))
-                })
+                .map(|(key, v)| avro_to_json(&map.types, v, names, &Path::Key(path, key)).map(|j| (key.clone(), j)))
                 .collect::<Result<_, _>>()?,
         ),
         (Schema::Record(record), AvroValue::Record(values)) => {
@@ -454,13 +374,8 @@ pub(crate) fn avro_to_json(
                     .lookup
                     .get(name)
                     .and_then(|&i| record.fields.get(i))
-                    .ok_or_else(|| {
-                        Violation::new(path, format!("decoded field {name:?} is not in the schema"))
-                    })?;
-                object.insert(
-                    name.clone(),
-                    avro_to_json(&field.schema, v, names, &Path::Key(path, name))?,
-                );
+                    .ok_or_else(|| Violation::new(path, format!("decoded field {name:?} is not in the schema")))?;
+                object.insert(name.clone(), avro_to_json(&field.schema, v, names, &Path::Key(path, name))?);
             }
             JsonValue::Object(object)
         }
@@ -468,9 +383,7 @@ pub(crate) fn avro_to_json(
             let variant = usize::try_from(*index)
                 .ok()
                 .and_then(|i| union.variants().get(i))
-                .ok_or_else(|| {
-                    Violation::new(path, format!("union branch {index} does not exist"))
-                })?;
+                .ok_or_else(|| Violation::new(path, format!("union branch {index} does not exist")))?;
             avro_to_json(variant, inner, names, path)?
         }
         _ => return Err(mismatch()),

@@ -36,9 +36,7 @@ const TABLE: [u64; 256] = {
 
 /// CRC-64-AVRO (the Avro spec's 64-bit Rabin fingerprint) of `data`.
 pub(crate) fn rabin(data: &[u8]) -> u64 {
-    data.iter().fold(EMPTY, |fp, &b| {
-        (fp >> 8) ^ TABLE[((fp ^ u64::from(b)) & 0xff) as usize]
-    })
+    data.iter().fold(EMPTY, |fp, &b| (fp >> 8) ^ TABLE[((fp ^ u64::from(b)) & 0xff) as usize])
 }
 
 /// The 8 fingerprint bytes of a single-object header for `schema`: CRC-64-AVRO of its
@@ -59,11 +57,7 @@ pub(crate) fn canonical_form(schema: &Schema) -> Result<String, String> {
 
 // Names and symbols are restricted by the Avro spec to [A-Za-z0-9_.], so they need no
 // JSON escaping ([STRINGS] rule is trivially met).
-fn write_pcf(
-    schema: &Schema,
-    defined: &mut HashSet<String>,
-    out: &mut String,
-) -> Result<(), String> {
+fn write_pcf(schema: &Schema, defined: &mut HashSet<String>, out: &mut String) -> Result<(), String> {
     match schema {
         Schema::Null => out.push_str("\"null\""),
         Schema::Boolean => out.push_str("\"boolean\""),
@@ -110,9 +104,7 @@ fn write_pcf(
                 out.push_str(&format!("\"{name}\""));
                 return Ok(());
             }
-            out.push_str(&format!(
-                "{{\"name\":\"{name}\",\"type\":\"record\",\"fields\":["
-            ));
+            out.push_str(&format!("{{\"name\":\"{name}\",\"type\":\"record\",\"fields\":["));
             for (i, field) in record.fields.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
@@ -130,18 +122,10 @@ fn write_pcf(
                 return Ok(());
             }
             let symbols: Vec<String> = e.symbols.iter().map(|s| format!("\"{s}\"")).collect();
-            out.push_str(&format!(
-                "{{\"name\":\"{name}\",\"type\":\"enum\",\"symbols\":[{}]}}",
-                symbols.join(",")
-            ));
+            out.push_str(&format!("{{\"name\":\"{name}\",\"type\":\"enum\",\"symbols\":[{}]}}", symbols.join(",")));
         }
         Schema::Ref { name } => out.push_str(&format!("\"{}\"", name.fullname(None))),
-        other => {
-            return Err(format!(
-                "canonical form of {:?} schemas is not implemented",
-                SchemaKind::from(other)
-            ))
-        }
+        other => return Err(format!("canonical form of {:?} schemas is not implemented", SchemaKind::from(other))),
     }
     Ok(())
 }
@@ -149,10 +133,7 @@ fn write_pcf(
 fn write_fixed(fixed: &FixedSchema, defined: &mut HashSet<String>, out: &mut String) {
     let name = fixed.name.fullname(None);
     if defined.insert(name.clone()) {
-        out.push_str(&format!(
-            "{{\"name\":\"{name}\",\"type\":\"fixed\",\"size\":{}}}",
-            fixed.size
-        ));
+        out.push_str(&format!("{{\"name\":\"{name}\",\"type\":\"fixed\",\"size\":{}}}", fixed.size));
     } else {
         out.push_str(&format!("\"{name}\""));
     }
@@ -169,29 +150,19 @@ mod tests {
     fn rabin_matches_known_vectors() {
         assert_eq!(rabin(b"\"int\""), 0x7275_d51a_3f39_5c8f);
         assert_eq!(rabin(b"\"int\"") as i64, 8_247_732_601_305_521_295);
-        assert_eq!(
-            rabin(b"hello world").to_le_bytes(),
-            [0x60, 0x33, 0x5b, 0xa6, 0xd0, 0x41, 0x55, 0x28]
-        );
+        assert_eq!(rabin(b"hello world").to_le_bytes(), [0x60, 0x33, 0x5b, 0xa6, 0xd0, 0x41, 0x55, 0x28]);
     }
 
     #[test]
     fn apache_avro_rabin_agrees_and_is_little_endian() -> Result<(), apache_avro::Error> {
         let schema = Schema::parse_str("\"int\"")?;
-        assert_eq!(
-            schema.fingerprint::<Rabin>().bytes,
-            rabin(b"\"int\"").to_le_bytes().to_vec()
-        );
-        assert_eq!(
-            single_object_fingerprint(&schema),
-            Ok(0x7275_d51a_3f39_5c8f_u64.to_le_bytes())
-        );
+        assert_eq!(schema.fingerprint::<Rabin>().bytes, rabin(b"\"int\"").to_le_bytes().to_vec());
+        assert_eq!(single_object_fingerprint(&schema), Ok(0x7275_d51a_3f39_5c8f_u64.to_le_bytes()));
         Ok(())
     }
 
     #[test]
-    fn canonical_form_agrees_with_apache_avro_without_logical_types(
-    ) -> Result<(), apache_avro::Error> {
+    fn canonical_form_agrees_with_apache_avro_without_logical_types() -> Result<(), apache_avro::Error> {
         let schema = Schema::parse_str(
             r#"{"type":"record","name":"R","namespace":"a.b","doc":"d","fields":[
                 {"name":"e","type":{"type":"enum","name":"E","symbols":["x","y"]},"doc":"f"},
@@ -219,12 +190,7 @@ mod tests {
         )?;
         let expected = r#"{"name":"R","type":"record","fields":[{"name":"t","type":"long"}]}"#;
         assert_eq!(canonical_form(&schema).as_deref(), Ok(expected));
-        assert_eq!(
-            schema
-                .canonical_form()
-                .replace(r#"{"type":"long"}"#, r#""long""#),
-            expected
-        );
+        assert_eq!(schema.canonical_form().replace(r#"{"type":"long"}"#, r#""long""#), expected);
         Ok(())
     }
 }

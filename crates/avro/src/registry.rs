@@ -23,49 +23,20 @@ const HEADER_LEN: usize = 10;
 
 /// The current schema of every event type: read and written. `(file, JSON)`.
 const CURRENT: &[(&str, &str)] = &[
-    (
-        "CrmRecordChanged.avsc",
-        include_str!("../../../schemas/CrmRecordChanged.avsc"),
-    ),
-    (
-        "IntegrationSettingsChanged.avsc",
-        include_str!("../../../schemas/IntegrationSettingsChanged.avsc"),
-    ),
-    (
-        "WorkflowSaved.avsc",
-        include_str!("../../../schemas/WorkflowSaved.avsc"),
-    ),
-    (
-        "WorkflowDeleted.avsc",
-        include_str!("../../../schemas/WorkflowDeleted.avsc"),
-    ),
-    (
-        "UserAssignedToTeam.avsc",
-        include_str!("../../../schemas/UserAssignedToTeam.avsc"),
-    ),
-    (
-        "UserRemovedFromTeam.avsc",
-        include_str!("../../../schemas/UserRemovedFromTeam.avsc"),
-    ),
-    (
-        "UserProvisioned.avsc",
-        include_str!("../../../schemas/UserProvisioned.avsc"),
-    ),
-    (
-        "ActivityAccepted.avsc",
-        include_str!("../../../schemas/ActivityAccepted.avsc"),
-    ),
-    (
-        "ActivityIgnored.avsc",
-        include_str!("../../../schemas/ActivityIgnored.avsc"),
-    ),
+    ("CrmRecordChanged.avsc", include_str!("../../../schemas/CrmRecordChanged.avsc")),
+    ("IntegrationSettingsChanged.avsc", include_str!("../../../schemas/IntegrationSettingsChanged.avsc")),
+    ("WorkflowSaved.avsc", include_str!("../../../schemas/WorkflowSaved.avsc")),
+    ("WorkflowDeleted.avsc", include_str!("../../../schemas/WorkflowDeleted.avsc")),
+    ("UserAssignedToTeam.avsc", include_str!("../../../schemas/UserAssignedToTeam.avsc")),
+    ("UserRemovedFromTeam.avsc", include_str!("../../../schemas/UserRemovedFromTeam.avsc")),
+    ("UserProvisioned.avsc", include_str!("../../../schemas/UserProvisioned.avsc")),
+    ("ActivityAccepted.avsc", include_str!("../../../schemas/ActivityAccepted.avsc")),
+    ("ActivityIgnored.avsc", include_str!("../../../schemas/ActivityIgnored.avsc")),
 ];
 
 /// Historical writer schemas: only read (resolved against the current schema of the same name).
-const HISTORY: &[(&str, &str)] = &[(
-    "history/CrmRecordChanged.v1.avsc",
-    include_str!("../../../schemas/history/CrmRecordChanged.v1.avsc"),
-)];
+const HISTORY: &[(&str, &str)] =
+    &[("history/CrmRecordChanged.v1.avsc", include_str!("../../../schemas/history/CrmRecordChanged.v1.avsc"))];
 
 /// One parsed schema.
 #[derive(Debug)]
@@ -108,19 +79,15 @@ impl SchemaRegistry {
     pub fn bundled() -> &'static SchemaRegistry {
         static BUNDLED: OnceLock<SchemaRegistry> = OnceLock::new();
         BUNDLED.get_or_init(|| {
-            SchemaRegistry::from_sources(CURRENT, HISTORY).unwrap_or_else(|e| {
-                panic!("the Avro schemas bundled from schemas/ are invalid: {e}")
-            })
+            SchemaRegistry::from_sources(CURRENT, HISTORY)
+                .unwrap_or_else(|e| panic!("the Avro schemas bundled from schemas/ are invalid: {e}"))
         })
     }
 
     /// Builds a registry from `(source name, schema JSON)` pairs.
     fn from_sources(current: &[(&str, &str)], history: &[(&str, &str)]) -> Result<Self, String> {
-        let mut registry = SchemaRegistry {
-            current: BTreeMap::new(),
-            history: Vec::new(),
-            by_fingerprint: HashMap::new(),
-        };
+        let mut registry =
+            SchemaRegistry { current: BTreeMap::new(), history: Vec::new(), by_fingerprint: HashMap::new() };
         for (source, json) in current {
             let entry = parse_entry(source, json)?;
             registry.index(&entry, Writer::Current(entry.event_type.clone()))?;
@@ -133,19 +100,13 @@ impl SchemaRegistry {
         }
         for (source, json) in history {
             let entry = parse_entry(source, json)?;
-            let reader = registry.current.get(&entry.event_type).ok_or_else(|| {
-                format!(
-                    "{source}: historical schema of {} has no current schema",
-                    entry.event_type
-                )
-            })?;
+            let reader = registry
+                .current
+                .get(&entry.event_type)
+                .ok_or_else(|| format!("{source}: historical schema of {} has no current schema", entry.event_type))?;
             // Fail at startup, not on the first old message, if evolution broke compatibility.
-            SchemaCompatibility::can_read(&entry.schema, &reader.schema).map_err(|e| {
-                format!(
-                    "{source}: current {} cannot read data written with it: {e}",
-                    reader.source
-                )
-            })?;
+            SchemaCompatibility::can_read(&entry.schema, &reader.schema)
+                .map_err(|e| format!("{source}: current {} cannot read data written with it: {e}", reader.source))?;
             registry.index(&entry, Writer::History(registry.history.len()))?;
             registry.history.push(entry);
         }
@@ -153,11 +114,7 @@ impl SchemaRegistry {
     }
 
     fn index(&mut self, entry: &Entry, writer: Writer) -> Result<(), String> {
-        if self
-            .by_fingerprint
-            .insert(entry.fingerprint, writer)
-            .is_some()
-        {
+        if self.by_fingerprint.insert(entry.fingerprint, writer).is_some() {
             return Err(format!(
                 "{}: has the same fingerprint {} as another schema (identical canonical form)",
                 entry.source,
@@ -171,9 +128,9 @@ impl SchemaRegistry {
     /// of its type. The event type is the JSON object's `"type"` field (e.g.
     /// `"CrmRecordChanged"`).
     pub fn encode(&self, event: &JsonValue) -> Result<Vec<u8>, AvroError> {
-        let object = event.as_object().ok_or_else(|| {
-            AvroError::NotAnEvent(format!("expected a JSON object, got {}", json_kind(event)))
-        })?;
+        let object = event
+            .as_object()
+            .ok_or_else(|| AvroError::NotAnEvent(format!("expected a JSON object, got {}", json_kind(event))))?;
         let event_type = match object.get("type") {
             Some(JsonValue::String(t)) => t,
             Some(other) => {
@@ -182,38 +139,21 @@ impl SchemaRegistry {
                     json_kind(other)
                 )))
             }
-            None => {
-                return Err(AvroError::NotAnEvent(
-                    "missing \"type\" field naming the event type".into(),
-                ))
-            }
+            None => return Err(AvroError::NotAnEvent("missing \"type\" field naming the event type".into())),
         };
-        let entry = self
-            .current
-            .get(event_type)
-            .ok_or_else(|| AvroError::UnknownType(event_type.clone()))?;
+        let entry = self.current.get(event_type).ok_or_else(|| AvroError::UnknownType(event_type.clone()))?;
 
         let value = json_to_avro(&entry.schema, event, &entry.names, &Path::Root).map_err(|v| {
-            AvroError::SchemaViolation {
-                event_type: event_type.clone(),
-                path: v.path,
-                message: v.message,
-            }
+            AvroError::SchemaViolation { event_type: event_type.clone(), path: v.path, message: v.message }
         })?;
 
-        let internal = |e: apache_avro::Error| AvroError::Encode {
-            event_type: event_type.clone(),
-            message: e.to_string(),
-        };
-        let writer = GenericDatumWriter::builder(&entry.schema)
-            .build()
-            .map_err(internal)?;
+        let internal =
+            |e: apache_avro::Error| AvroError::Encode { event_type: event_type.clone(), message: e.to_string() };
+        let writer = GenericDatumWriter::builder(&entry.schema).build().map_err(internal)?;
         let mut bytes = Vec::with_capacity(128);
         bytes.extend_from_slice(&MARKER);
         bytes.extend_from_slice(&entry.fingerprint);
-        writer
-            .write_value_ref(&mut bytes, &value)
-            .map_err(internal)?;
+        writer.write_value_ref(&mut bytes, &value).map_err(internal)?;
         Ok(bytes)
     }
 
@@ -230,9 +170,7 @@ impl SchemaRegistry {
             )));
         };
         if [*m0, *m1] != MARKER {
-            return Err(AvroError::NotSingleObject(format!(
-                "expected marker C3 01, found {m0:02X} {m1:02X}"
-            )));
+            return Err(AvroError::NotSingleObject(format!("expected marker C3 01, found {m0:02X} {m1:02X}")));
         }
         let Some((fingerprint, datum)) = rest.split_first_chunk::<8>() else {
             return Err(AvroError::NotSingleObject(format!(
@@ -248,33 +186,21 @@ impl SchemaRegistry {
         }
         .ok_or_else(|| AvroError::UnknownFingerprint(hex(fingerprint)))?;
         // Every writer's event type has a current schema (checked in from_sources).
-        let reader = self
-            .current
-            .get(&writer.event_type)
-            .ok_or_else(|| AvroError::UnknownType(writer.event_type.clone()))?;
+        let reader =
+            self.current.get(&writer.event_type).ok_or_else(|| AvroError::UnknownType(writer.event_type.clone()))?;
 
-        let context = |what: &str| {
-            format!(
-                "{} (written with {}): {what}",
-                writer.event_type, writer.source
-            )
-        };
+        let context = |what: &str| format!("{} (written with {}): {what}", writer.event_type, writer.source);
         let datum_reader = GenericDatumReader::builder(&writer.schema)
             .reader_schema(&reader.schema)
             .build()
             .map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
-        let mut input = EofTracking {
-            rest: datum,
-            read_past_end: false,
-        };
+        let mut input = EofTracking { rest: datum, read_past_end: false };
         let decoded = datum_reader.read_value(&mut input);
         // Checked before the decode result: apache-avro 0.22 decodes a union whose index byte is
         // missing (EOF) as `Union(0, Null)` instead of failing, so a message cut off before a
         // trailing optional field would otherwise "succeed" with the field silently null.
         if input.read_past_end {
-            return Err(AvroError::Undecodable(context(
-                "datum is truncated (the bytes end before the record does)",
-            )));
+            return Err(AvroError::Undecodable(context("datum is truncated (the bytes end before the record does)")));
         }
         let value = decoded.map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
         if !input.rest.is_empty() {
@@ -328,23 +254,15 @@ fn parse_entry(source: &str, json: &str) -> Result<Entry, String> {
     let fingerprint = single_object_fingerprint(&schema).map_err(|e| format!("{source}: {e}"))?;
     let mut names = Names::new();
     collect_names(&schema, &mut names);
-    Ok(Entry {
-        event_type,
-        source: source.to_owned(),
-        schema,
-        names,
-        fingerprint,
-    })
+    Ok(Entry { event_type, source: source.to_owned(), schema, names, fingerprint })
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            // Writing to a String cannot fail.
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn json_kind(json: &JsonValue) -> &'static str {

@@ -143,7 +143,8 @@ fn main() -> Result<()> {
                 };
             }
             config.validate().context("invalid configuration")?;
-            let watch = Watch { report_every: Duration::from_secs(report_seconds.max(1)), samples: if watch { 6 } else { 0 } };
+            let watch =
+                Watch { report_every: Duration::from_secs(report_seconds.max(1)), samples: if watch { 6 } else { 0 } };
             let mut observer = LogObserver { metrics_file };
             with_shutdown(|shutdown| {
                 crmflow_runtime::run(config, shutdown, &watch, &mut observer).context("crmflow run stopped")
@@ -180,7 +181,9 @@ fn main() -> Result<()> {
                             demo,
                             count,
                             &topics,
-                            BufWriter::new(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?),
+                            BufWriter::new(
+                                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
+                            ),
                         )?,
                         None => generate::write_lines(demo, count, &topics, BufWriter::new(io::stdout().lock()))?,
                     };
@@ -192,7 +195,9 @@ fn main() -> Result<()> {
                         Format::Json => Encoding::Json,
                         Format::Avro => Encoding::Avro,
                     };
-                    let sent = with_shutdown(|shutdown| generate::publish(demo, &pace, &brokers, &topics, encoding, shutdown))?;
+                    let sent = with_shutdown(|shutdown| {
+                        generate::publish(demo, &pace, &brokers, &topics, encoding, shutdown)
+                    })?;
                     tracing::info!(sent, "generator finished");
                 }
             }

@@ -63,13 +63,12 @@ pub fn simulate(input: impl BufRead, mut output: impl Write, topics: &TopicNames
         }
         summary.lines += 1;
         let records = match process_line(&mut state, &line, topics, &mut summary.tally) {
-            Ok((timestamp, outputs)) => outputs
-                .iter()
-                .map(|out| output_record(out, timestamp, topics))
-                .collect::<Result<Vec<_>, _>>()?,
-            Err((error, envelope)) => {
+            Ok((timestamp, outputs)) => {
+                outputs.iter().map(|out| output_record(out, timestamp, topics)).collect::<Result<Vec<_>, _>>()?
+            }
+            Err((error, origin)) => {
                 *summary.dead_letters.entry(error.kind).or_default() += 1;
-                vec![dead_letter(&line, index + 1, &error, envelope.as_ref(), topics)]
+                vec![dead_letter(&line, index + 1, &error, origin, topics)]
             }
         };
         for record in records {
@@ -82,7 +81,15 @@ pub fn simulate(input: impl BufRead, mut output: impl Write, topics: &TopicNames
     Ok(summary)
 }
 
-type LineError = (DecodeError, Option<Envelope>);
+/// Where a bad line claimed to come from, for its dead-letter record.
+#[derive(Default)]
+struct Origin {
+    topic: Option<String>,
+    key: Option<String>,
+    timestamp: i64,
+}
+
+type LineError = (DecodeError, Origin);
 
 /// Decodes and decides one line: its timestamp and the outputs, or why it is a dead letter.
 fn process_line(
@@ -93,19 +100,21 @@ fn process_line(
 ) -> Result<(i64, Vec<OutputEvent>), LineError> {
     let envelope: Envelope = serde_json::from_str(line).map_err(|e| {
         let message = format!("not a record line {{\"topic\", \"key\", \"timestamp\", \"value\"}}: {e}");
-        (DecodeError::new(ErrorKind::Undecodable, message), None)
+        (DecodeError::new(ErrorKind::Undecodable, message), Origin::default())
     })?;
+    let origin =
+        || Origin { topic: Some(envelope.topic.clone()), key: envelope.key.clone(), timestamp: envelope.timestamp };
     let Some(stream) = topics.input_stream(&envelope.topic) else {
         let message = format!(
             "`{}` is not an input topic (expected {}, {} or {})",
             envelope.topic, topics.crm_changes, topics.integration_settings, topics.team_assignments
         );
-        return Err((DecodeError::new(ErrorKind::UnknownTopic, message), Some(envelope)));
+        return Err((DecodeError::new(ErrorKind::UnknownTopic, message), origin()));
     };
     let key = envelope.key.as_deref().map(str::as_bytes);
     let event = match decode_input_value(stream, key, envelope.value.clone()) {
         Ok(event) => event,
-        Err(error) => return Err((error, Some(envelope))),
+        Err(error) => return Err((error, origin())),
     };
     let decision = state.process(&event);
     tally.add(&decision.tally);
@@ -123,16 +132,13 @@ fn output_record(out: &OutputEvent, timestamp: i64, topics: &TopicNames) -> std:
     })
 }
 
-fn dead_letter(line: &str, line_number: usize, error: &DecodeError, envelope: Option<&Envelope>, topics: &TopicNames) -> Envelope {
-    let source = Source::Line { topic: envelope.map(|e| e.topic.clone()), line: line_number };
+fn dead_letter(line: &str, line_number: usize, error: &DecodeError, origin: Origin, topics: &TopicNames) -> Envelope {
+    let source = Source::Line { topic: origin.topic, line: line_number };
     Envelope {
         topic: topics.dead_letters.clone(),
-        key: envelope.and_then(|e| e.key.clone()),
-        timestamp: envelope.map_or(0, |e| e.timestamp),
+        key: origin.key,
+        timestamp: origin.timestamp,
         value: Value::String(line.to_owned()),
-        headers: dead_letter_headers(error, &source)
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+        headers: dead_letter_headers(error, &source).into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }

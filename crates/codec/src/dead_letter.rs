@@ -38,10 +38,8 @@ pub enum Source {
 
 /// The headers of a dead-letter record: why, and where the original came from.
 pub fn dead_letter_headers(error: &DecodeError, source: &Source) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        (HEADER_ERROR_KIND, error.kind.as_str().to_owned()),
-        (HEADER_ERROR_MESSAGE, error.message.clone()),
-    ];
+    let mut headers =
+        vec![(HEADER_ERROR_KIND, error.kind.as_str().to_owned()), (HEADER_ERROR_MESSAGE, error.message.clone())];
     match source {
         Source::Record { topic, partition, offset } => {
             headers.push((HEADER_SOURCE_TOPIC, topic.clone()));

@@ -64,12 +64,7 @@ impl TopicNames {
 
     /// The output topics, dead letters included.
     pub fn outputs(&self) -> [&str; 4] {
-        [
-            &self.users_provisioned,
-            &self.activities_accepted,
-            &self.activities_ignored,
-            &self.dead_letters,
-        ]
+        [&self.users_provisioned, &self.activities_accepted, &self.activities_ignored, &self.dead_letters]
     }
 
     /// The topic an output event is published on.

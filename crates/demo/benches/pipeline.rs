@@ -82,22 +82,13 @@ fn encode(events: &[InputEvent], encoding: Encoding) -> Vec<Record> {
         .iter()
         .map(|event| {
             let payload = match encoding {
-                Encoding::Json => {
-                    serde_json::to_vec(event).expect("input events serialize to JSON")
-                }
+                Encoding::Json => serde_json::to_vec(event).expect("input events serialize to JSON"),
                 Encoding::Avro => {
-                    let value =
-                        serde_json::to_value(event).expect("input events serialize to JSON");
-                    registry
-                        .encode(&value)
-                        .expect("demo events fit their Avro schemas")
+                    let value = serde_json::to_value(event).expect("input events serialize to JSON");
+                    registry.encode(&value).expect("demo events fit their Avro schemas")
                 }
             };
-            Record {
-                stream: event.stream(),
-                key: event.company_id().as_bytes().to_vec(),
-                payload,
-            }
+            Record { stream: event.stream(), key: event.company_id().as_bytes().to_vec(), payload }
         })
         .collect()
 }
@@ -106,8 +97,8 @@ fn encode(events: &[InputEvent], encoding: Encoding) -> Vec<Record> {
 fn run(state: &mut MemoryState, records: &[Record], encoding: Encoding) -> usize {
     let mut produced = 0;
     for record in records {
-        let event = decode_input(record.stream, Some(&record.key), &record.payload, encoding)
-            .expect("demo events decode");
+        let event =
+            decode_input(record.stream, Some(&record.key), &record.payload, encoding).expect("demo events decode");
         let decision = state.process(&event);
         for out in &decision.outputs {
             produced += encode_output(out, encoding).expect("outputs encode").len();

@@ -23,25 +23,12 @@ const COMPANY_SLUGS: [&str; 12] = [
 
 /// The id of the company at `index`.
 pub(crate) fn company_id(index: usize) -> String {
-    COMPANY_SLUGS.get(index).map_or_else(
-        || format!("company-{}", index + 1),
-        |slug| (*slug).to_owned(),
-    )
+    COMPANY_SLUGS.get(index).map_or_else(|| format!("company-{}", index + 1), |slug| (*slug).to_owned())
 }
 
 /// Team ids; each company uses a few consecutive ones.
-pub(crate) const TEAMS: [&str; 10] = [
-    "new-york",
-    "london",
-    "berlin",
-    "singapore",
-    "sao-paulo",
-    "sydney",
-    "toronto",
-    "paris",
-    "tokyo",
-    "austin",
-];
+pub(crate) const TEAMS: [&str; 10] =
+    ["new-york", "london", "berlin", "singapore", "sao-paulo", "sydney", "toronto", "paris", "tokyo", "austin"];
 
 /// A CRM product, with the shapes of its identifiers.
 #[derive(Debug, Clone, Copy)]
@@ -213,14 +200,8 @@ pub(crate) const ACCOUNTS: [&str; 12] = [
 ];
 
 /// Opportunity stages in pipeline order; the last two are closed.
-pub(crate) const STAGES: [&str; 6] = [
-    "Prospecting",
-    "Qualification",
-    "Proposal",
-    "Negotiation",
-    "Closed Won",
-    "Closed Lost",
-];
+pub(crate) const STAGES: [&str; 6] =
+    ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost"];
 /// Index of `Closed Won` in [`STAGES`].
 pub(crate) const WON: usize = 4;
 /// Index of `Closed Lost` in [`STAGES`].
@@ -235,11 +216,7 @@ fn text(s: &str) -> Scalar {
 }
 
 fn condition(field: &str, op: Operator, value: ConditionValue) -> Condition {
-    Condition {
-        field: field.to_owned(),
-        op,
-        value: Some(value),
-    }
+    Condition { field: field.to_owned(), op, value: Some(value) }
 }
 
 fn eq(field: &str, value: &str) -> Condition {
@@ -294,11 +271,7 @@ const EXTRAS: [Template; 4] = [
         conditions: || {
             vec![
                 eq("StageName", "Closed Won"),
-                condition(
-                    "Amount",
-                    Operator::Gte,
-                    ConditionValue::One(Scalar::Int(50_000)),
-                ),
+                condition("Amount", Operator::Gte, ConditionValue::One(Scalar::Int(50_000))),
             ]
         },
         activity_type: "BigDeal",
@@ -312,16 +285,8 @@ const EXTRAS: [Template; 4] = [
         kind: RecordKind::Opportunity,
         conditions: || {
             vec![
-                condition(
-                    "Region",
-                    Operator::In,
-                    ConditionValue::List(vec![text("EMEA"), text("APAC")]),
-                ),
-                condition(
-                    "StageName",
-                    Operator::In,
-                    ConditionValue::List(vec![text("Proposal"), text("Negotiation")]),
-                ),
+                condition("Region", Operator::In, ConditionValue::List(vec![text("EMEA"), text("APAC")])),
+                condition("StageName", Operator::In, ConditionValue::List(vec![text("Proposal"), text("Negotiation")])),
             ]
         },
         activity_type: "Proposal",
@@ -344,14 +309,7 @@ const EXTRAS: [Template; 4] = [
         active: true,
         kind: RecordKind::Event,
         conditions: || {
-            vec![
-                condition(
-                    "Subject",
-                    Operator::StartsWith,
-                    ConditionValue::One(text("discovery")),
-                ),
-                eq("Type", "Call"),
-            ]
+            vec![condition("Subject", Operator::StartsWith, ConditionValue::One(text("discovery"))), eq("Type", "Call")]
         },
         activity_type: "DiscoveryCall",
         value_field: None,
@@ -368,17 +326,11 @@ pub(crate) fn workflows(integration: usize, count: usize) -> Vec<Workflow> {
         .map(|slot| {
             let (template, copy) = match slot.checked_sub(BASE.len()) {
                 None => (&BASE[slot], 0),
-                Some(extra) => (
-                    &EXTRAS[(integration + extra) % EXTRAS.len()],
-                    extra / EXTRAS.len(),
-                ),
+                Some(extra) => (&EXTRAS[(integration + extra) % EXTRAS.len()], extra / EXTRAS.len()),
             };
             let (workflow_id, name) = match copy {
                 0 => (template.workflow_id.to_owned(), template.name.to_owned()),
-                n => (
-                    format!("{}-{}", template.workflow_id, n + 1),
-                    format!("{} #{}", template.name, n + 1),
-                ),
+                n => (format!("{}-{}", template.workflow_id, n + 1), format!("{} #{}", template.name, n + 1)),
             };
             Workflow {
                 workflow_id,
@@ -409,13 +361,9 @@ mod tests {
 
     #[test]
     fn people_have_distinct_emails() {
-        let emails: std::collections::BTreeSet<String> =
-            (0..1000).map(|n| person("acme", n).1).collect();
+        let emails: std::collections::BTreeSet<String> = (0..1000).map(|n| person("acme", n).1).collect();
         assert_eq!(emails.len(), 1000);
-        assert_eq!(
-            person("acme", 0),
-            ("Ada Lovelace".into(), "ada.lovelace@acme.test".into())
-        );
+        assert_eq!(person("acme", 0), ("Ada Lovelace".into(), "ada.lovelace@acme.test".into()));
     }
 
     #[test]
@@ -425,18 +373,15 @@ mod tests {
             for w in &all {
                 w.validate().unwrap();
             }
-            let ids: std::collections::BTreeSet<&str> =
-                all.iter().map(|w| w.workflow_id.as_str()).collect();
+            let ids: std::collections::BTreeSet<&str> = all.iter().map(|w| w.workflow_id.as_str()).collect();
             assert_eq!(ids.len(), all.len());
         }
     }
 
     #[test]
     fn a_few_integrations_show_every_extra() {
-        let names: std::collections::BTreeSet<String> = (0..4)
-            .flat_map(|i| workflows(i, 3))
-            .map(|w| w.workflow_id)
-            .collect();
+        let names: std::collections::BTreeSet<String> =
+            (0..4).flat_map(|i| workflows(i, 3)).map(|w| w.workflow_id).collect();
         assert_eq!(names.len(), BASE.len() + EXTRAS.len());
     }
 }

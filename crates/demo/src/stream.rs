@@ -11,13 +11,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crmflow_domain::{
-    ids, CrmRecordChanged, CrmUserProfile, InputEvent, IntegrationSettingsChanged, Operation,
-    Scalar, Timestamp, UserAssignedToTeam, UserRemovedFromTeam, Workflow, WorkflowSaved,
+    ids, CrmRecordChanged, CrmUserProfile, InputEvent, IntegrationSettingsChanged, Operation, Scalar, Timestamp,
+    UserAssignedToTeam, UserRemovedFromTeam, Workflow, WorkflowSaved,
 };
 
-use crate::catalog::{
-    self, Crm, RecordKind, ACCOUNTS, LOST, NEGOTIATION, REGIONS, STAGES, TEAMS, WON,
-};
+use crate::catalog::{self, Crm, RecordKind, ACCOUNTS, LOST, NEGOTIATION, REGIONS, STAGES, TEAMS, WON};
 use crate::{DemoConfig, DemoEvent};
 
 // How often each kind of step happens, per flow event. Tuned so a minute of the
@@ -156,9 +154,7 @@ impl DemoStream {
             // Three to five consecutive cities, starting somewhere different per company.
             let first = rng.random_range(0..TEAMS.len());
             let count = rng.random_range(3..=5);
-            let teams = (0..count)
-                .map(|t| TEAMS[(first + t) % TEAMS.len()])
-                .collect();
+            let teams = (0..count).map(|t| TEAMS[(first + t) % TEAMS.len()]).collect();
             for local in 0..config.integrations_per_company {
                 let crm = Crm::for_integration(c, local);
                 let global = integrations.len();
@@ -168,8 +164,7 @@ impl DemoStream {
                         let crm_user_id = crm.user_id(n);
                         // People are numbered per company so e-mails never collide
                         // between two integrations of the same company.
-                        let (name, email) =
-                            catalog::person(&id, local * config.users_per_integration + n);
+                        let (name, email) = catalog::person(&id, local * config.users_per_integration + n);
                         CrmUser {
                             user_id: ids::user_id(&id, &integration_id, &crm_user_id),
                             crm_user_id,
@@ -193,11 +188,7 @@ impl DemoStream {
                     last_change: None,
                 });
             }
-            companies.push(Company {
-                id,
-                teams,
-                next_event: 0,
-            });
+            companies.push(Company { id, teams, next_event: 0 });
         }
         let mut prelude = VecDeque::new();
         for g in 0..integrations.len() {
@@ -216,11 +207,7 @@ impl DemoStream {
         DemoStream {
             rng,
             start_ms: config.start_ms,
-            interval_ms: if interval_ms.is_finite() {
-                interval_ms
-            } else {
-                0.0
-            },
+            interval_ms: if interval_ms.is_finite() { interval_ms } else { 0.0 },
             emitted: 0,
             prelude,
             companies,
@@ -292,12 +279,9 @@ impl DemoStream {
     }
 
     fn schedule_placement(&mut self, who: UserRef) {
-        let delay = self
-            .rng
-            .random_range(self.placement_delay / 2..=self.placement_delay * 3 / 2);
+        let delay = self.rng.random_range(self.placement_delay / 2..=self.placement_delay * 3 / 2);
         self.pending_seq += 1;
-        self.pending
-            .insert((self.emitted + delay, self.pending_seq), who);
+        self.pending.insert((self.emitted + delay, self.pending_seq), who);
     }
 
     fn due_placement(&mut self, now: Timestamp) -> Option<InputEvent> {
@@ -337,9 +321,7 @@ impl DemoStream {
             return None;
         }
         let user = self.rng.random_range(0..integ.introduced);
-        integ.users[user]
-            .team
-            .map(|_| UserRef { integration, user })
+        integ.users[user].team.map(|_| UserRef { integration, user })
     }
 
     fn team_move(&mut self, now: Timestamp) -> Option<InputEvent> {
@@ -385,8 +367,8 @@ impl DemoStream {
         if integ.users.is_empty() {
             return None;
         }
-        let introduce = integ.introduced < integ.users.len()
-            && (integ.introduced == 0 || self.rng.random_bool(P_NEW_USER));
+        let introduce =
+            integ.introduced < integ.users.len() && (integ.introduced == 0 || self.rng.random_bool(P_NEW_USER));
         if !introduce {
             return Some(self.rng.random_range(0..integ.introduced));
         }
@@ -403,21 +385,14 @@ impl DemoStream {
 
     fn crm_change(&mut self, now: Timestamp) -> InputEvent {
         let g = self.rng.random_range(0..self.integrations.len());
-        let (live, capacity) = (
-            self.integrations[g].records.len(),
-            self.integrations[g].capacity,
-        );
+        let (live, capacity) = (self.integrations[g].records.len(), self.integrations[g].capacity);
         let create = live == 0 || (live < capacity && self.rng.random_bool(P_CREATE));
         let (record, operation, keep) = if create {
             (self.new_record(g, now), Operation::Created, true)
         } else {
             let index = self.rng.random_range(0..live);
             if self.rng.random_bool(P_DELETE) {
-                (
-                    self.integrations[g].records.swap_remove(index),
-                    Operation::Deleted,
-                    false,
-                )
+                (self.integrations[g].records.swap_remove(index), Operation::Deleted, false)
             } else {
                 let mut record = self.integrations[g].records.swap_remove(index);
                 let keep = self.update_record(g, &mut record, now);
@@ -433,22 +408,13 @@ impl DemoStream {
         InputEvent::CrmRecordChanged(change)
     }
 
-    fn change_event(
-        &mut self,
-        g: usize,
-        record: &Record,
-        operation: Operation,
-        now: Timestamp,
-    ) -> CrmRecordChanged {
+    fn change_event(&mut self, g: usize, record: &Record, operation: Operation, now: Timestamp) -> CrmRecordChanged {
         let with_profile = self.rng.random_bool(P_PROFILE);
         let integ = &self.integrations[g];
         let company = &mut self.companies[integ.company];
         let users = record.owner.filter(|_| with_profile).map(|owner| {
             let user = &integ.users[owner];
-            let profile = CrmUserProfile {
-                name: Some(user.name.clone()),
-                email: Some(user.email.clone()),
-            };
+            let profile = CrmUserProfile { name: Some(user.name.clone()), email: Some(user.email.clone()) };
             BTreeMap::from([(user.crm_user_id.clone(), profile)])
         });
         CrmRecordChanged {
@@ -466,60 +432,33 @@ impl DemoStream {
 
     fn new_record(&mut self, g: usize, now: Timestamp) -> Record {
         let missing_owner = self.rng.random_bool(P_MISSING_OWNER);
-        let owner = if missing_owner {
-            None
-        } else {
-            self.pick_owner(g)
-        };
-        let kind = if self.rng.random_bool(0.55) {
-            RecordKind::Opportunity
-        } else {
-            RecordKind::Event
-        };
+        let owner = if missing_owner { None } else { self.pick_owner(g) };
+        let kind = if self.rng.random_bool(0.55) { RecordKind::Opportunity } else { RecordKind::Event };
         let integ = &mut self.integrations[g];
         integ.next_object += 1;
         let object_id = integ.crm.object_id(kind, integ.next_object);
         let account = ACCOUNTS[self.rng.random_range(0..ACCOUNTS.len())];
-        let mut record = Record {
-            kind,
-            object_id,
-            owner: None,
-            stage: 0,
-            updates: 0,
-            fields: BTreeMap::new(),
-        };
+        let mut record = Record { kind, object_id, owner: None, stage: 0, updates: 0, fields: BTreeMap::new() };
         self.set_owner(g, &mut record, owner);
         match kind {
             RecordKind::Opportunity => {
                 // Ownerless deals arrive already won (an import), so the missing owner
                 // matters to a workflow and shows up as `missing_user_field`.
-                let stage = if owner.is_none() {
-                    WON
-                } else {
-                    pick_weighted(&mut self.rng, &[30, 25, 20, 10, 10, 5])
-                };
+                let stage = if owner.is_none() { WON } else { pick_weighted(&mut self.rng, &[30, 25, 20, 10, 10, 5]) };
                 let seats = self.rng.random_range(5..=400);
                 record.set("Name", format!("{account} - {seats} seats"));
                 record.set("Region", REGIONS[self.rng.random_range(0..REGIONS.len())]);
-                let kind =
-                    ["New Business", "Renewal", "Upsell"][pick_weighted(&mut self.rng, &[6, 3, 1])];
+                let kind = ["New Business", "Renewal", "Upsell"][pick_weighted(&mut self.rng, &[6, 3, 1])];
                 record.set("Type", kind);
                 let amount = self.rng.random_range(4..=240) * 500;
                 self.set_amount(&mut record, amount);
-                let days = if stage == WON {
-                    0
-                } else {
-                    self.rng.random_range(14..=90)
-                };
+                let days = if stage == WON { 0 } else { self.rng.random_range(14..=90) };
                 record.set("CloseDate", date(now, days));
                 record.set_stage(stage);
             }
             RecordKind::Event => {
                 let (subject, call) = match self.rng.random_range(0..3) {
-                    0 => (
-                        format!("Discovery call: {account}"),
-                        self.rng.random_bool(0.8),
-                    ),
+                    0 => (format!("Discovery call: {account}"), self.rng.random_bool(0.8)),
                     1 => (format!("Product demo: {account}"), false),
                     _ => (format!("Follow-up: {account}"), self.rng.random_bool(0.3)),
                 };
@@ -530,10 +469,9 @@ impl DemoStream {
                 record.set("Type", if call { "Call" } else { "Meeting" });
                 let start = on_the_hour(now.0 + self.rng.random_range(1..=14) * DAY_MS);
                 record.set("StartDateTime", Timestamp(start).to_string());
-                record.fields.insert(
-                    "DurationMinutes".to_owned(),
-                    Scalar::Int([30, 45, 60][self.rng.random_range(0..3)]),
-                );
+                record
+                    .fields
+                    .insert("DurationMinutes".to_owned(), Scalar::Int([30, 45, 60][self.rng.random_range(0..3)]));
             }
         }
         record
@@ -564,11 +502,7 @@ impl DemoStream {
     }
 
     fn amount(record: &Record) -> i64 {
-        record
-            .fields
-            .get("Amount")
-            .and_then(Scalar::as_number)
-            .map_or(10_000, |a| a as i64)
+        record.fields.get("Amount").and_then(Scalar::as_number).map_or(10_000, |a| a as i64)
     }
 
     /// Changes a record the way people do; returns whether it stays live afterwards.
@@ -628,10 +562,7 @@ impl DemoStream {
                     self.reassign(g, record);
                 } else {
                     // An edit no workflow reads: no output at all.
-                    record.set(
-                        "Description",
-                        format!("Updated by the account team (rev {})", record.updates),
-                    );
+                    record.set("Description", format!("Updated by the account team (rev {})", record.updates));
                 }
                 // A won deal's story ends after a few edits, making room for new ones.
                 !(record.updates >= 3 && self.rng.random_bool(0.35))
@@ -651,23 +582,16 @@ impl DemoStream {
         let roll: f64 = self.rng.random();
         if roll < 0.5 {
             // Rescheduled: a meeting's date changes, so it is `revised`.
-            let start = on_the_hour(
-                now.0
-                    + self.rng.random_range(1..=10) * DAY_MS
-                    + self.rng.random_range(0..8) * HOUR_MS,
-            );
+            let start =
+                on_the_hour(now.0 + self.rng.random_range(1..=10) * DAY_MS + self.rng.random_range(0..8) * HOUR_MS);
             record.set("StartDateTime", Timestamp(start).to_string());
         } else if roll < 0.65 {
-            let was_meeting =
-                matches!(record.fields.get("Type"), Some(Scalar::Text(t)) if t == "Meeting");
+            let was_meeting = matches!(record.fields.get("Type"), Some(Scalar::Text(t)) if t == "Meeting");
             record.set("Type", if was_meeting { "Call" } else { "Meeting" });
         } else if roll < 0.8 {
             self.reassign(g, record);
         } else {
-            record.set(
-                "Description",
-                format!("Agenda updated (rev {})", record.updates),
-            );
+            record.set("Description", format!("Agenda updated (rev {})", record.updates));
         }
         !(record.updates >= 2 && self.rng.random_bool(0.5))
     }
@@ -695,17 +619,13 @@ impl Iterator for DemoStream {
             None => self.flow_event(now)?,
         };
         self.emitted += 1;
-        Some(DemoEvent {
-            timestamp_ms,
-            event,
-        })
+        Some(DemoEvent { timestamp_ms, event })
     }
 }
 
 impl Record {
     fn set(&mut self, field: &str, value: impl Into<String>) {
-        self.fields
-            .insert(field.to_owned(), Scalar::Text(value.into()));
+        self.fields.insert(field.to_owned(), Scalar::Text(value.into()));
     }
 
     fn set_stage(&mut self, stage: usize) {

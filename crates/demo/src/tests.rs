@@ -21,10 +21,7 @@ fn the_same_seed_gives_the_same_stream() {
 
 #[test]
 fn timestamps_are_evenly_spaced_and_never_decrease() {
-    let config = DemoConfig {
-        events_per_second: 3.0,
-        ..DemoConfig::default()
-    };
+    let config = DemoConfig { events_per_second: 3.0, ..DemoConfig::default() };
     let events = generate(config, 2000);
     assert_eq!(events[0].timestamp_ms, config.start_ms);
     for (i, pair) in events.windows(2).enumerate() {
@@ -37,10 +34,7 @@ fn timestamps_are_evenly_spaced_and_never_decrease() {
 #[test]
 fn every_event_keeps_the_contract() {
     for event in generate(DemoConfig::default(), 5000) {
-        event
-            .event
-            .validate()
-            .unwrap_or_else(|e| panic!("{e}: {event:?}"));
+        event.event.validate().unwrap_or_else(|e| panic!("{e}: {event:?}"));
     }
 }
 
@@ -50,9 +44,7 @@ fn event_ids_are_unique_except_for_resends() {
     let mut resends = 0;
     for e in generate(DemoConfig::default(), 5000) {
         if let InputEvent::CrmRecordChanged(change) = &e.event {
-            assert!(change
-                .event_id
-                .starts_with(&format!("{}-", change.company_id)));
+            assert!(change.event_id.starts_with(&format!("{}-", change.company_id)));
             match seen.get(&change.event_id) {
                 // A resend repeats the original exactly.
                 Some(original) => {
@@ -79,9 +71,7 @@ fn setup_comes_first_with_sync_off_somewhere_and_an_inactive_workflow() {
     let mut operators = BTreeSet::new();
     for e in &events[..setup] {
         match &e.event {
-            InputEvent::IntegrationSettingsChanged(s) => {
-                sync.push((s.crm.clone(), s.auto_sync_users))
-            }
+            InputEvent::IntegrationSettingsChanged(s) => sync.push((s.crm.clone(), s.auto_sync_users)),
             InputEvent::WorkflowSaved(w) => {
                 inactive += usize::from(!w.workflow.active);
                 operators.extend(w.workflow.conditions.iter().map(|c| format!("{:?}", c.op)));
@@ -90,21 +80,13 @@ fn setup_comes_first_with_sync_off_somewhere_and_an_inactive_workflow() {
         }
     }
     assert_eq!(sync.len(), integrations);
-    assert!(
-        sync.iter().any(|(_, on)| !on)
-            && sync.iter().filter(|(_, on)| *on).count() > integrations / 2
-    );
-    assert!(
-        sync.iter().any(|(crm, _)| crm == "salesforce")
-            && sync.iter().any(|(crm, _)| crm == "hubspot")
-    );
+    assert!(sync.iter().any(|(_, on)| !on) && sync.iter().filter(|(_, on)| *on).count() > integrations / 2);
+    assert!(sync.iter().any(|(crm, _)| crm == "salesforce") && sync.iter().any(|(crm, _)| crm == "hubspot"));
     assert!(inactive >= 1);
     for op in ["Eq", "Gte", "In", "StartsWith"] {
         assert!(operators.contains(op), "{op} in {operators:?}");
     }
-    assert!(events[setup..]
-        .iter()
-        .all(|e| e.event.stream() != crmflow_domain::InputStream::Settings));
+    assert!(events[setup..].iter().all(|e| e.event.stream() != crmflow_domain::InputStream::Settings));
     let companies: BTreeSet<&str> = events.iter().map(|e| e.event.company_id()).collect();
     assert_eq!(companies, BTreeSet::from(["acme", "globex", "initech"]));
 }
@@ -122,10 +104,7 @@ fn the_stream_tells_the_whole_story() {
     let mut placed_later = BTreeSet::new();
     let mut team_events = BTreeSet::new();
     for e in generate(DemoConfig::default(), 5000) {
-        if matches!(
-            e.event,
-            InputEvent::UserAssignedToTeam(_) | InputEvent::UserRemovedFromTeam(_)
-        ) {
+        if matches!(e.event, InputEvent::UserAssignedToTeam(_) | InputEvent::UserRemovedFromTeam(_)) {
             team_events.insert(e.event.type_name());
         }
         let decision = state.process(&e.event);
@@ -149,25 +128,12 @@ fn the_stream_tells_the_whole_story() {
             }
         }
     }
-    assert_eq!(
-        types,
-        BTreeSet::from(["UserProvisioned", "ActivityAccepted", "ActivityIgnored"])
-    );
+    assert_eq!(types, BTreeSet::from(["UserProvisioned", "ActivityAccepted", "ActivityIgnored"]));
     assert_eq!(reasons, BTreeSet::from(IgnoreReason::ALL));
-    assert_eq!(
-        changes,
-        BTreeSet::from([Change::Recorded, Change::Revised, Change::Retracted])
-    );
+    assert_eq!(changes, BTreeSet::from([Change::Recorded, Change::Revised, Change::Retracted]));
     assert!(duplicates > 0);
-    assert!(
-        placed_later.len() >= 10,
-        "{} users first ignored, then accepted",
-        placed_later.len()
-    );
-    assert_eq!(
-        team_events,
-        BTreeSet::from(["UserAssignedToTeam", "UserRemovedFromTeam"])
-    );
+    assert!(placed_later.len() >= 10, "{} users first ignored, then accepted", placed_later.len());
+    assert_eq!(team_events, BTreeSet::from(["UserAssignedToTeam", "UserRemovedFromTeam"]));
 }
 
 #[test]
@@ -191,9 +157,7 @@ fn envelope_lines_replay_as_the_same_events() {
 fn events_round_trip_through_avro() {
     let registry = crmflow_avro::SchemaRegistry::bundled();
     for e in generate(DemoConfig::default(), 1000) {
-        let bytes = registry
-            .encode(&serde_json::to_value(&e.event).unwrap())
-            .unwrap();
+        let bytes = registry.encode(&serde_json::to_value(&e.event).unwrap()).unwrap();
         let key = e.event.company_id().as_bytes();
         let decoded = decode_input(e.event.stream(), Some(key), &bytes, Encoding::Avro).unwrap();
         assert_eq!(decoded, e.event);
@@ -202,25 +166,12 @@ fn events_round_trip_through_avro() {
 
 #[test]
 fn degenerate_configs_do_not_panic() {
-    let empty = DemoConfig {
-        companies: 0,
-        ..DemoConfig::default()
-    };
+    let empty = DemoConfig { companies: 0, ..DemoConfig::default() };
     assert_eq!(DemoStream::new(empty).count(), 0);
-    let no_users = DemoConfig {
-        users_per_integration: 0,
-        workflows_per_integration: 0,
-        ..DemoConfig::default()
-    };
+    let no_users = DemoConfig { users_per_integration: 0, workflows_per_integration: 0, ..DemoConfig::default() };
     assert_eq!(generate(no_users, 300).len(), 300);
-    let frozen = DemoConfig {
-        events_per_second: 0.0,
-        records_per_user: 0,
-        ..DemoConfig::default()
-    };
-    assert!(generate(frozen, 300)
-        .iter()
-        .all(|e| e.timestamp_ms == frozen.start_ms));
+    let frozen = DemoConfig { events_per_second: 0.0, records_per_user: 0, ..DemoConfig::default() };
+    assert!(generate(frozen, 300).iter().all(|e| e.timestamp_ms == frozen.start_ms));
     let big = DemoConfig {
         companies: 14,
         integrations_per_company: 5,

@@ -53,10 +53,7 @@ pub fn decide<S: StateView>(state: &S, event: &InputEvent) -> Result<Decision, S
             if state.team_of(&e.company_id, &e.user_id)?.as_deref() != Some(e.team_id.as_str()) {
                 return Ok(Decision::default());
             }
-            Ok(team_decision(StateChange::RemoveTeam {
-                company_id: e.company_id.clone(),
-                user_id: e.user_id.clone(),
-            }))
+            Ok(team_decision(StateChange::RemoveTeam { company_id: e.company_id.clone(), user_id: e.user_id.clone() }))
         }
     }
 }
@@ -74,11 +71,7 @@ fn settings_decision(company_id: &str, integration_id: &str, integration: Integr
 }
 
 fn team_decision(change: StateChange) -> Decision {
-    Decision {
-        changes: vec![change],
-        tally: Tally { team_changes: 1, ..Tally::default() },
-        ..Decision::default()
-    }
+    Decision { changes: vec![change], tally: Tally { team_changes: 1, ..Tally::default() }, ..Decision::default() }
 }
 
 /// Outputs of one CRM change, kept apart so they come out in the contract's order.
@@ -95,10 +88,9 @@ fn decide_crm_change<S: StateView>(state: &S, e: &CrmRecordChanged) -> Result<De
         decision.tally.duplicates = 1;
         return Ok(decision);
     }
-    decision.changes.push(StateChange::RememberEvent {
-        company_id: e.company_id.clone(),
-        event_id: e.event_id.clone(),
-    });
+    decision
+        .changes
+        .push(StateChange::RememberEvent { company_id: e.company_id.clone(), event_id: e.event_id.clone() });
     let integration = state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default();
     let mut outcomes = Outcomes::default();
     // Accounts provisioned by this very change, so two workflows provision a user once.
@@ -160,7 +152,14 @@ fn decide_crm_change<S: StateView>(state: &S, e: &CrmRecordChanged) -> Result<De
                     "CRM user {crm_user_id} has no account and \"Automatically sync users\" is off for integration {}",
                     e.integration_id
                 );
-                activity.ignore(IgnoreReason::UserNotSynced, detail, Some(&crm_user_id), None, &mut decision, &mut outcomes);
+                activity.ignore(
+                    IgnoreReason::UserNotSynced,
+                    detail,
+                    Some(&crm_user_id),
+                    None,
+                    &mut decision,
+                    &mut outcomes,
+                );
                 continue;
             }
         };

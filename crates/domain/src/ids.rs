@@ -19,16 +19,12 @@ pub fn activity_id(
     object_type: &str,
     object_id: &str,
 ) -> String {
-    v5(&format!(
-        "crmflow:activity:{company_id}/{integration_id}/{workflow_id}/{object_type}/{object_id}"
-    ))
+    v5(&format!("crmflow:activity:{company_id}/{integration_id}/{workflow_id}/{object_type}/{object_id}"))
 }
 
 /// The id of an output event, derived from the decision (never from its position).
 pub fn event_id(source_event_id: &str, event_type: &str, workflow_id: &str, detail: &str) -> String {
-    v5(&format!(
-        "crmflow:event:{source_event_id}/{event_type}/{workflow_id}/{detail}"
-    ))
+    v5(&format!("crmflow:event:{source_event_id}/{event_type}/{workflow_id}/{detail}"))
 }
 
 #[cfg(test)]

@@ -133,13 +133,7 @@ mod tests {
         let v: Vec<Scalar> = serde_json::from_str(r#"[null, true, 3, 2.5, "x"]"#).unwrap();
         assert_eq!(
             v,
-            vec![
-                Scalar::Null,
-                Scalar::Bool(true),
-                Scalar::Int(3),
-                Scalar::Float(2.5),
-                Scalar::Text("x".into())
-            ]
+            vec![Scalar::Null, Scalar::Bool(true), Scalar::Int(3), Scalar::Float(2.5), Scalar::Text("x".into())]
         );
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"[null,true,3,2.5,"x"]"#);
         assert!(serde_json::from_str::<Scalar>("{}").is_err());

@@ -53,7 +53,12 @@ pub trait StateView {
     /// Settings and workflows of an integration, if any ever arrived.
     fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, Self::Error>;
     /// The account of a CRM user, if provisioned.
-    fn account(&self, company_id: &str, integration_id: &str, crm_user_id: &str) -> Result<Option<Account>, Self::Error>;
+    fn account(
+        &self,
+        company_id: &str,
+        integration_id: &str,
+        crm_user_id: &str,
+    ) -> Result<Option<Account>, Self::Error>;
     /// The team a user is on, if any.
     fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, Self::Error>;
     /// The accepted activity with this id, if any.
@@ -216,7 +221,12 @@ impl StateView for MemoryState {
         Ok(self.integrations.get(&owned(&[company_id, integration_id])).cloned())
     }
 
-    fn account(&self, company_id: &str, integration_id: &str, crm_user_id: &str) -> Result<Option<Account>, Infallible> {
+    fn account(
+        &self,
+        company_id: &str,
+        integration_id: &str,
+        crm_user_id: &str,
+    ) -> Result<Option<Account>, Infallible> {
         let key = (company_id.to_owned(), integration_id.to_owned(), crm_user_id.to_owned());
         Ok(self.accounts.get(&key).cloned())
     }

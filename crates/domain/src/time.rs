@@ -17,9 +17,7 @@ impl Timestamp {
 
     /// Parses an RFC 3339 datetime (any offset).
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        DateTime::parse_from_rfc3339(text.trim())
-            .ok()
-            .map(|t| Timestamp(t.timestamp_millis()))
+        DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| Timestamp(t.timestamp_millis()))
     }
 
     /// Parses an RFC 3339 datetime or an ISO date; a date alone means midnight UTC.
@@ -53,9 +51,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         Timestamp::parse_rfc3339(&text).ok_or_else(|| {
-            de::Error::custom(format!(
-                "`{text}` is not an RFC 3339 datetime (e.g. 2024-05-01T10:00:00Z)"
-            ))
+            de::Error::custom(format!("`{text}` is not an RFC 3339 datetime (e.g. 2024-05-01T10:00:00Z)"))
         })
     }
 }

@@ -113,12 +113,7 @@ pub struct InvalidWorkflow {
 impl Workflow {
     /// Checks what serde cannot: required texts, triggers and condition operands.
     pub fn validate(&self) -> Result<(), InvalidWorkflow> {
-        let fail = |problem: String| {
-            Err(InvalidWorkflow {
-                workflow_id: self.workflow_id.clone(),
-                problem,
-            })
-        };
+        let fail = |problem: String| Err(InvalidWorkflow { workflow_id: self.workflow_id.clone(), problem });
         for (name, value) in [
             ("workflow_id", &self.workflow_id),
             ("object_type", &self.object_type),
@@ -138,12 +133,10 @@ impl Workflow {
             }
             let problem = match (c.op, &c.value) {
                 (Operator::Exists | Operator::NotExists, None | Some(ConditionValue::One(Scalar::Null))) => None,
-                (Operator::Exists | Operator::NotExists, Some(_)) => {
-                    Some("takes no value".to_string())
+                (Operator::Exists | Operator::NotExists, Some(_)) => Some("takes no value".to_string()),
+                (Operator::In | Operator::NotIn, Some(ConditionValue::List(items))) => {
+                    items.contains(&Scalar::Null).then(|| "list must not contain null".to_string())
                 }
-                (Operator::In | Operator::NotIn, Some(ConditionValue::List(items))) => items
-                    .contains(&Scalar::Null)
-                    .then(|| "list must not contain null".to_string()),
                 (Operator::In | Operator::NotIn, _) => Some("needs a list value".to_string()),
                 (_, Some(ConditionValue::One(v))) if *v != Scalar::Null => None,
                 (_, _) => Some("needs a single non-null value".to_string()),
@@ -200,10 +193,7 @@ fn compare(field: &Scalar, value: &Scalar) -> Option<Ordering> {
         return a.partial_cmp(&b);
     }
     let (a, b) = (field.as_text()?, value.as_text()?);
-    if let (Some(a), Some(b)) = (
-        Timestamp::parse_date_or_datetime(&a),
-        Timestamp::parse_date_or_datetime(&b),
-    ) {
+    if let (Some(a), Some(b)) = (Timestamp::parse_date_or_datetime(&a), Timestamp::parse_date_or_datetime(&b)) {
         return Some(a.cmp(&b));
     }
     Some(a.to_lowercase().cmp(&b.to_lowercase()))

@@ -119,7 +119,8 @@ pub enum ConfigError {
 }
 
 /// Keys whose environment overrides are numbers.
-const NUMERIC_KEYS: [&str; 5] = ["commit_interval_ms", "max_wait_ms", "seen_capacity", "startup_timeout_ms", "replication_factor"];
+const NUMERIC_KEYS: [&str; 5] =
+    ["commit_interval_ms", "max_wait_ms", "seen_capacity", "startup_timeout_ms", "replication_factor"];
 
 /// librdkafka properties crmflow sets itself; setting them by hand would break its guarantees.
 const MANAGED_KAFKA_KEYS: [&str; 7] = [
@@ -137,10 +138,7 @@ impl Config {
     ///
     /// `CRMFLOW_BROKERS` sets `brokers`; `CRMFLOW_TOPICS__CRM_CHANGES` sets `topics.crm_changes`;
     /// `CRMFLOW_KAFKA__SECURITY_PROTOCOL` sets the librdkafka property `security.protocol`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let (mut table, origin) = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -173,7 +171,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: String| Err(ConfigError::Invalid { key: key.into(), problem });
         if self.brokers.trim().is_empty() {
-            return invalid("brokers", "is empty; set it to host:port of your Kafka brokers, e.g. \"localhost:9092\"".into());
+            return invalid(
+                "brokers",
+                "is empty; set it to host:port of your Kafka brokers, e.g. \"localhost:9092\"".into(),
+            );
         }
         for broker in self.brokers.split(',') {
             let ok = broker

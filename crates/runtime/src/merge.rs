@@ -4,7 +4,7 @@
 //! smallest timestamp goes first (ties: settings, then teams, then CRM changes), so live
 //! processing and a replay decide the same way. While some stream has nothing buffered, a
 //! record might still arrive there with an earlier timestamp, so the head waits until every
-//! stream has a record or until it has waited `max_wait` since it arrived.
+//! stream has a record or until the longest-waiting record has waited `max_wait`.
 
 use std::collections::VecDeque;
 
@@ -51,17 +51,17 @@ impl<T> Merger<T> {
     pub fn pop_ready(&mut self, now: i64) -> Option<(InputStream, T)> {
         let head = self.head()?;
         let all_buffered = self.queues.iter().all(|q| !q.is_empty());
-        let waited = self.queues[head].front().is_some_and(|b| now >= b.arrived_at + self.max_wait_ms);
+        let waited = self.next_deadline().is_some_and(|deadline| now >= deadline);
         if !(all_buffered || waited) {
             return None;
         }
         self.queues[head].pop_front().map(|b| (STREAMS[head], b.item))
     }
 
-    /// When the current head may go at the latest (for poll time-outs), if anything is buffered.
+    /// When the head may go at the latest (for poll time-outs): once the longest-waiting
+    /// buffered record has waited `max_wait`, if anything is buffered.
     pub fn next_deadline(&self) -> Option<i64> {
-        let head = self.head()?;
-        self.queues[head].front().map(|b| b.arrived_at + self.max_wait_ms)
+        self.queues.iter().filter_map(|q| q.front()).map(|b| b.arrived_at + self.max_wait_ms).min()
     }
 
     /// Number of buffered records.
@@ -80,10 +80,7 @@ impl<T> Merger<T> {
     }
 
     fn head(&self) -> Option<usize> {
-        (0..3)
-            .filter_map(|i| self.queues[i].front().map(|b| (b.timestamp, i)))
-            .min()
-            .map(|(_, i)| i)
+        (0..3).filter_map(|i| self.queues[i].front().map(|b| (b.timestamp, i))).min().map(|(_, i)| i)
     }
 }
 

@@ -160,9 +160,7 @@ impl PartitionTask {
         };
         let partition = self.partition;
         let decision = decide(&self.store, &event).map_err(|source| ProcessError::Store { partition, source })?;
-        self.store
-            .stage(&decision.changes)
-            .map_err(|source| ProcessError::Store { partition, source })?;
+        self.store.stage(&decision.changes).map_err(|source| ProcessError::Store { partition, source })?;
         progress.tally.add(&decision.tally);
         for output in &decision.outputs {
             progress.samples.note(output);
@@ -191,9 +189,7 @@ impl PartitionTask {
             return Ok(());
         }
         let positions = self.pending_positions();
-        self.store
-            .commit(&positions)
-            .map_err(|source| ProcessError::Store { partition: self.partition, source })?;
+        self.store.commit(&positions).map_err(|source| ProcessError::Store { partition: self.partition, source })?;
         self.committed.extend(std::mem::take(&mut self.processed));
         Ok(())
     }

@@ -106,10 +106,8 @@ impl Engine {
         for (key, value) in &record.headers {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
         }
-        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic)
-            .payload(&record.payload[..])
-            .timestamp(record.timestamp)
-            .headers(headers);
+        let mut base: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&record.topic).payload(&record.payload[..]).timestamp(record.timestamp).headers(headers);
         if let Some(key) = &record.key {
             base = base.key(&key[..]);
         }
@@ -218,7 +216,12 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 }
 
 /// Runs the processor until shutdown is requested or a failure stops it.
-pub fn run(config: Config, shutdown: &Shutdown, watch: &Watch, observer: &mut dyn Observer) -> Result<Counters, RunError> {
+pub fn run(
+    config: Config,
+    shutdown: &Shutdown,
+    watch: &Watch,
+    observer: &mut dyn Observer,
+) -> Result<Counters, RunError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|e| RunError::Store {
         path: config.state_dir.display().to_string(),
         message: format!("cannot create the state directory: {e}; set `state_dir` to a writable path"),
@@ -248,10 +251,9 @@ pub fn run(config: Config, shutdown: &Shutdown, watch: &Watch, observer: &mut dy
     let partitions = setup::input_partitions(&metadata, &config)?;
     setup::ensure_output_topics(&metadata, &config, partitions)?;
     if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-        lock(&engine)
-            .producer
-            .init_transactions(CLIENT_TIMEOUT)
-            .map_err(|e| RunError::kafka("initialising transactions (does the broker support them? else use at_least_once)", e))?;
+        lock(&engine).producer.init_transactions(CLIENT_TIMEOUT).map_err(|e| {
+            RunError::kafka("initialising transactions (does the broker support them? else use at_least_once)", e)
+        })?;
     }
     let inputs: Vec<&str> = config.topics.inputs().iter().map(|(_, t)| *t).collect();
     consumer.subscribe(&inputs).map_err(|e| RunError::kafka("subscribing to the input topics", e))?;

@@ -63,20 +63,14 @@ fn partition_count(metadata: &Metadata, topic: &str) -> Option<i32> {
 
 /// Creates missing output and dead-letter topics with the inputs' partition count.
 pub fn ensure_output_topics(metadata: &Metadata, config: &Config, partitions: i32) -> Result<(), RunError> {
-    let missing: Vec<&str> = config
-        .topics
-        .outputs()
-        .into_iter()
-        .filter(|t| partition_count(metadata, t).is_none())
-        .collect();
+    let missing: Vec<&str> =
+        config.topics.outputs().into_iter().filter(|t| partition_count(metadata, t).is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }
     tracing::info!(?missing, partitions, "creating output topics");
-    let admin: AdminClient<DefaultClientContext> = config
-        .client_config()
-        .create()
-        .map_err(|e| RunError::kafka("creating the admin client", e))?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
     let topics: Vec<NewTopic> = missing
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(config.replication_factor)))
@@ -86,9 +80,9 @@ pub fn ensure_output_topics(metadata: &Metadata, config: &Config, partitions: i3
         .enable_all()
         .build()
         .map_err(|e| RunError::Topics(format!("cannot start a runtime for topic creation: {e}")))?;
-    let results = runtime
-        .block_on(admin.create_topics(&topics, &options))
-        .map_err(|e| RunError::Topics(format!("creating output topics {missing:?} failed: {e}; create them by hand")))?;
+    let results = runtime.block_on(admin.create_topics(&topics, &options)).map_err(|e| {
+        RunError::Topics(format!("creating output topics {missing:?} failed: {e}; create them by hand"))
+    })?;
     for result in results {
         if let Err((topic, code)) = result {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {

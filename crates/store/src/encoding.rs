@@ -128,10 +128,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError
 
 /// Renders a key for error messages: printable ASCII as is, other bytes as `\xNN`.
 pub(crate) fn display_key(key: &[u8]) -> String {
-    key.iter()
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect()
+    key.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
 }
 
 #[cfg(test)]

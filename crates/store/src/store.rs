@@ -7,8 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use crmflow_domain::state::DEFAULT_SEEN_CAPACITY;
 use crmflow_domain::{Account, Integration, LedgerEntry, StateChange, StateView};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -38,10 +38,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            seen_capacity: DEFAULT_SEEN_CAPACITY,
-            cache_capacity: 1024,
-        }
+        StoreOptions { seen_capacity: DEFAULT_SEEN_CAPACITY, cache_capacity: 1024 }
     }
 }
 
@@ -71,10 +68,7 @@ impl std::fmt::Debug for StateStore {
         f.debug_struct("StateStore")
             .field("path", &self.path)
             .field("seen_capacity", &self.seen_capacity)
-            .field(
-                "staged_writes",
-                &self.staged.iter().map(BTreeMap::len).sum::<usize>(),
-            )
+            .field("staged_writes", &self.staged.iter().map(BTreeMap::len).sum::<usize>())
             .finish_non_exhaustive()
     }
 }
@@ -82,10 +76,7 @@ impl std::fmt::Debug for StateStore {
 impl StateStore {
     /// Opens (or creates, with its directories) the store at `path`.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
-            path: path.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir { path: path.to_owned(), source })?;
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -94,12 +85,8 @@ impl StateStore {
             cf_options.set_compression_type(DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(family.name(), cf_options)
         });
-        let db = DB::open_cf_descriptors(&db_options, path, families).map_err(|source| {
-            StoreError::Open {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        let db = DB::open_cf_descriptors(&db_options, path, families)
+            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
         Ok(StateStore {
             path: path.to_owned(),
             db,
@@ -160,14 +147,12 @@ impl StateStore {
         let mut write_options = WriteOptions::default();
         // The positions promise the input will not be read again: they must be on disk.
         write_options.set_sync(true);
-        self.db
-            .write_opt(batch, &write_options)
-            .map_err(|source| StoreError::Commit {
-                path: self.path.clone(),
-                writes,
-                positions: positions.len(),
-                source,
-            })?;
+        self.db.write_opt(batch, &write_options).map_err(|source| StoreError::Commit {
+            path: self.path.clone(),
+            writes,
+            positions: positions.len(),
+            source,
+        })?;
         let staged = std::mem::take(&mut self.staged);
         let cache = self.cache.get_mut().unwrap_or_else(PoisonError::into_inner);
         for key in staged[Family::Integrations.index()].keys() {
@@ -188,11 +173,8 @@ impl StateStore {
         let mode = IteratorMode::From(encoding::POSITION_PREFIX, Direction::Forward);
         let mut positions = Vec::new();
         for item in self.db.iterator_cf(cf, mode) {
-            let (key, value) = item.map_err(|source| StoreError::Iterate {
-                path: self.path.clone(),
-                family: family.name(),
-                source,
-            })?;
+            let (key, value) =
+                item.map_err(|source| StoreError::Iterate { path: self.path.clone(), family: family.name(), source })?;
             if !key.starts_with(encoding::POSITION_PREFIX) {
                 break;
             }
@@ -217,12 +199,7 @@ impl StateStore {
     /// Meant for restoring before any decision: staged writes still shadow restored ones.
     /// Not synced on its own, since a restore writes many records; the next
     /// [`StateStore::commit`] syncs them, and an interrupted restore is simply redone.
-    pub fn restore_write(
-        &mut self,
-        family: &str,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    pub fn restore_write(&mut self, family: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         let Some(family) = Family::from_name(family) else {
             return Err(StoreError::UnknownFamily {
                 path: self.path.clone(),
@@ -246,83 +223,37 @@ impl StateStore {
             source,
         })?;
         if family == Family::Integrations {
-            self.cache
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner)
-                .invalidate(key);
+            self.cache.get_mut().unwrap_or_else(PoisonError::into_inner).invalidate(key);
         }
         Ok(())
     }
 
     fn stage_one(&mut self, change: &StateChange, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
         match change {
-            StateChange::PutIntegration {
-                company_id,
-                integration_id,
-                integration,
-            } => self.stage_value(
-                Family::Integrations,
-                encoding::key(&[company_id, integration_id]),
-                integration,
-                undo,
-            ),
-            StateChange::PutAccount {
-                company_id,
-                integration_id,
-                crm_user_id,
-                account,
-            } => {
+            StateChange::PutIntegration { company_id, integration_id, integration } => {
+                self.stage_value(Family::Integrations, encoding::key(&[company_id, integration_id]), integration, undo)
+            }
+            StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
                 let key = encoding::key(&[company_id, integration_id, crm_user_id]);
                 self.stage_value(Family::Accounts, key, account, undo)
             }
-            StateChange::PutTeam {
-                company_id,
-                user_id,
-                team_id,
-            } => self.stage_value(
-                Family::Teams,
-                encoding::key(&[company_id, user_id]),
-                team_id,
-                undo,
-            ),
-            StateChange::RemoveTeam {
-                company_id,
-                user_id,
-            } => {
-                self.put_staged(
-                    Family::Teams,
-                    encoding::key(&[company_id, user_id]),
-                    None,
-                    undo,
-                );
+            StateChange::PutTeam { company_id, user_id, team_id } => {
+                self.stage_value(Family::Teams, encoding::key(&[company_id, user_id]), team_id, undo)
+            }
+            StateChange::RemoveTeam { company_id, user_id } => {
+                self.put_staged(Family::Teams, encoding::key(&[company_id, user_id]), None, undo);
                 Ok(())
             }
-            StateChange::PutLedger {
-                company_id,
-                activity_id,
-                entry,
-            } => self.stage_value(
-                Family::Ledger,
-                encoding::key(&[company_id, activity_id]),
-                entry,
-                undo,
-            ),
-            StateChange::RemoveLedger {
-                company_id,
-                activity_id,
-            } => {
-                self.put_staged(
-                    Family::Ledger,
-                    encoding::key(&[company_id, activity_id]),
-                    None,
-                    undo,
-                );
+            StateChange::PutLedger { company_id, activity_id, entry } => {
+                self.stage_value(Family::Ledger, encoding::key(&[company_id, activity_id]), entry, undo)
+            }
+            StateChange::RemoveLedger { company_id, activity_id } => {
+                self.put_staged(Family::Ledger, encoding::key(&[company_id, activity_id]), None, undo);
                 Ok(())
             }
-            StateChange::RememberEvent {
-                company_id,
-                event_id,
-            } => self.remember(encoding::key(&[company_id, event_id]), undo),
+            StateChange::RememberEvent { company_id, event_id } => {
+                self.remember(encoding::key(&[company_id, event_id]), undo)
+            }
         }
     }
 
@@ -337,12 +268,7 @@ impl StateStore {
         let next = self.counter(encoding::SEEN_NEXT)?;
         let mut oldest = self.counter(encoding::SEEN_OLDEST)?;
         self.put_staged(Family::Seen, seen_key.clone(), Some(Vec::new()), undo);
-        self.put_staged(
-            Family::SeenOrder,
-            encoding::sequence_key(next).to_vec(),
-            Some(seen_key),
-            undo,
-        );
+        self.put_staged(Family::SeenOrder, encoding::sequence_key(next).to_vec(), Some(seen_key), undo);
         let next = next + 1;
         while next.saturating_sub(oldest) > self.seen_capacity {
             let order_key = encoding::sequence_key(oldest).to_vec();
@@ -381,13 +307,7 @@ impl StateStore {
         Ok(())
     }
 
-    fn put_staged(
-        &mut self,
-        family: Family,
-        key: Vec<u8>,
-        value: Option<Vec<u8>>,
-        undo: &mut Vec<Undo>,
-    ) {
+    fn put_staged(&mut self, family: Family, key: Vec<u8>, value: Option<Vec<u8>>, undo: &mut Vec<Undo>) {
         let previous = self.staged[family.index()].insert(key.clone(), value);
         undo.push((family, key, previous));
     }
@@ -395,10 +315,7 @@ impl StateStore {
     fn cf(&self, family: Family) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(family.name())
-            .ok_or_else(|| StoreError::MissingFamily {
-                path: self.path.clone(),
-                family: family.name(),
-            })
+            .ok_or_else(|| StoreError::MissingFamily { path: self.path.clone(), family: family.name() })
     }
 
     /// The current bytes of a key: staged first, then committed.
@@ -406,9 +323,7 @@ impl StateStore {
         if let Some(staged) = self.staged[family.index()].get(key) {
             return Ok(staged.clone());
         }
-        self.db
-            .get_cf(self.cf(family)?, key)
-            .map_err(|source| self.read_error(family, key, source))
+        self.db.get_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))
     }
 
     /// Whether a key currently exists, staged first, then committed.
@@ -416,40 +331,23 @@ impl StateStore {
         if let Some(staged) = self.staged[family.index()].get(key) {
             return Ok(staged.is_some());
         }
-        let found = self
-            .db
-            .get_pinned_cf(self.cf(family)?, key)
-            .map_err(|source| self.read_error(family, key, source))?;
+        let found =
+            self.db.get_pinned_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))?;
         Ok(found.is_some())
     }
 
     /// The current value of a key, decoded; staged first, then committed.
-    fn read<T: DeserializeOwned>(
-        &self,
-        family: Family,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
+    fn read<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> Result<Option<T>, StoreError> {
         if let Some(staged) = self.staged[family.index()].get(key) {
-            return staged
-                .as_deref()
-                .map(|bytes| self.decode(family, key, bytes))
-                .transpose();
+            return staged.as_deref().map(|bytes| self.decode(family, key, bytes)).transpose();
         }
         self.read_committed(family, key)
     }
 
-    fn read_committed<T: DeserializeOwned>(
-        &self,
-        family: Family,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        let found = self
-            .db
-            .get_pinned_cf(self.cf(family)?, key)
-            .map_err(|source| self.read_error(family, key, source))?;
-        found
-            .map(|bytes| self.decode(family, key, &bytes))
-            .transpose()
+    fn read_committed<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let found =
+            self.db.get_pinned_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))?;
+        found.map(|bytes| self.decode(family, key, &bytes)).transpose()
     }
 
     /// Checks that a restored value decodes as what its family holds.
@@ -470,12 +368,7 @@ impl StateStore {
         }
     }
 
-    fn decode<T: DeserializeOwned>(
-        &self,
-        family: Family,
-        key: &[u8],
-        bytes: &[u8],
-    ) -> Result<T, StoreError> {
+    fn decode<T: DeserializeOwned>(&self, family: Family, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
         encoding::decode(bytes).map_err(|source| StoreError::Decode {
             path: self.path.clone(),
             family: family.name(),
@@ -484,12 +377,7 @@ impl StateStore {
         })
     }
 
-    fn encode<T: Serialize>(
-        &self,
-        family: Family,
-        key: &[u8],
-        value: &T,
-    ) -> Result<Vec<u8>, StoreError> {
+    fn encode<T: Serialize>(&self, family: Family, key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
         encoding::encode(value).map_err(|source| StoreError::Encode {
             path: self.path.clone(),
             family: family.name(),
@@ -499,44 +387,24 @@ impl StateStore {
     }
 
     fn read_error(&self, family: Family, key: &[u8], source: rocksdb::Error) -> StoreError {
-        StoreError::Read {
-            path: self.path.clone(),
-            family: family.name(),
-            key: display_key(key),
-            source,
-        }
+        StoreError::Read { path: self.path.clone(), family: family.name(), key: display_key(key), source }
     }
 }
 
 impl StateView for StateStore {
     type Error = StoreError;
 
-    fn integration(
-        &self,
-        company_id: &str,
-        integration_id: &str,
-    ) -> Result<Option<Integration>, StoreError> {
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, StoreError> {
         let key = encoding::key(&[company_id, integration_id]);
         if let Some(staged) = self.staged[Family::Integrations.index()].get(&key) {
-            return staged
-                .as_deref()
-                .map(|bytes| self.decode(Family::Integrations, &key, bytes))
-                .transpose();
+            return staged.as_deref().map(|bytes| self.decode(Family::Integrations, &key, bytes)).transpose();
         }
         // Every CRM change reads its integration: keep decoded ones at hand.
-        if let Some(cached) = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
+        if let Some(cached) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(cached);
         }
         let integration: Option<Integration> = self.read_committed(Family::Integrations, &key)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, integration.clone());
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, integration.clone());
         Ok(integration)
     }
 
@@ -546,21 +414,14 @@ impl StateView for StateStore {
         integration_id: &str,
         crm_user_id: &str,
     ) -> Result<Option<Account>, StoreError> {
-        self.read(
-            Family::Accounts,
-            &encoding::key(&[company_id, integration_id, crm_user_id]),
-        )
+        self.read(Family::Accounts, &encoding::key(&[company_id, integration_id, crm_user_id]))
     }
 
     fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, StoreError> {
         self.read(Family::Teams, &encoding::key(&[company_id, user_id]))
     }
 
-    fn ledger_entry(
-        &self,
-        company_id: &str,
-        activity_id: &str,
-    ) -> Result<Option<LedgerEntry>, StoreError> {
+    fn ledger_entry(&self, company_id: &str, activity_id: &str) -> Result<Option<LedgerEntry>, StoreError> {
         self.read(Family::Ledger, &encoding::key(&[company_id, activity_id]))
     }
 
@@ -577,10 +438,7 @@ struct IntegrationCache {
 
 impl IntegrationCache {
     fn new(capacity: usize) -> Self {
-        IntegrationCache {
-            capacity,
-            entries: HashMap::new(),
-        }
+        IntegrationCache { capacity, entries: HashMap::new() }
     }
 
     fn get(&self, key: &[u8]) -> Option<Option<Integration>> {

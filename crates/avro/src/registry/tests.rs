@@ -122,10 +122,7 @@ fn bundled_schemas_cover_every_event_type() {
             "WorkflowSaved",
         ]
     );
-    let mut covered: Vec<String> = examples()
-        .iter()
-        .filter_map(|e| e["type"].as_str().map(str::to_owned))
-        .collect();
+    let mut covered: Vec<String> = examples().iter().filter_map(|e| e["type"].as_str().map(str::to_owned)).collect();
     covered.dedup();
     covered.sort();
     assert_eq!(covered, types);
@@ -157,22 +154,12 @@ fn bytes_start_with_marker_and_spec_fingerprint() {
     for event in examples() {
         let bytes = encode(&event);
         assert_eq!(bytes[..2], [0xC3, 0x01]);
-        let Some(event_type) = event["type"].as_str() else {
-            panic!("example without type")
-        };
-        let Some(entry) = registry().current.get(event_type) else {
-            panic!("no schema for {event_type}")
-        };
+        let Some(event_type) = event["type"].as_str() else { panic!("example without type") };
+        let Some(entry) = registry().current.get(event_type) else { panic!("no schema for {event_type}") };
         // Independently of our canonical form: apache-avro's, corrected for the one place it
         // deviates from the spec (logical types), hashed with apache-avro's own Rabin digest.
-        let apache_pcf = entry
-            .schema
-            .canonical_form()
-            .replace(r#"{"type":"long"}"#, r#""long""#);
-        assert_eq!(
-            canonical_form(&entry.schema).as_deref(),
-            Ok(apache_pcf.as_str())
-        );
+        let apache_pcf = entry.schema.canonical_form().replace(r#"{"type":"long"}"#, r#""long""#);
+        assert_eq!(canonical_form(&entry.schema).as_deref(), Ok(apache_pcf.as_str()));
         assert_eq!(bytes[2..10], rabin(apache_pcf.as_bytes()).to_le_bytes());
     }
 }
@@ -181,11 +168,8 @@ fn bytes_start_with_marker_and_spec_fingerprint() {
 fn fingerprints_of_current_and_history_are_distinct_and_pinned() {
     // Pinning guards against an accidental schema edit: a changed fingerprint means a new
     // schema version, which needs its predecessor copied to schemas/history/ first.
-    let fingerprints: BTreeMap<&str, String> = registry()
-        .current
-        .values()
-        .map(|e| (e.event_type.as_str(), hex(&e.fingerprint)))
-        .collect();
+    let fingerprints: BTreeMap<&str, String> =
+        registry().current.values().map(|e| (e.event_type.as_str(), hex(&e.fingerprint))).collect();
     let pinned = [
         ("ActivityAccepted", "4a1b46f201d8699c"),
         ("ActivityIgnored", "efa6e97c943b77ff"),
@@ -197,17 +181,11 @@ fn fingerprints_of_current_and_history_are_distinct_and_pinned() {
         ("WorkflowDeleted", "7f146e41e7c0c5e1"),
         ("WorkflowSaved", "b6145c7e61404f57"),
     ];
-    let pinned: BTreeMap<&str, String> =
-        pinned.iter().map(|(t, f)| (*t, (*f).to_owned())).collect();
+    let pinned: BTreeMap<&str, String> = pinned.iter().map(|(t, f)| (*t, (*f).to_owned())).collect();
     assert_eq!(fingerprints, pinned);
-    let Some(v1) = registry().history.first() else {
-        panic!("no history schema")
-    };
+    let Some(v1) = registry().history.first() else { panic!("no history schema") };
     assert_eq!(v1.event_type, "CrmRecordChanged");
-    assert_ne!(
-        Some(&hex(&v1.fingerprint)),
-        fingerprints.get("CrmRecordChanged")
-    );
+    assert_ne!(Some(&hex(&v1.fingerprint)), fingerprints.get("CrmRecordChanged"));
     assert_eq!(registry().by_fingerprint.len(), 10);
 }
 
@@ -215,23 +193,15 @@ fn fingerprints_of_current_and_history_are_distinct_and_pinned() {
 fn timestamps_accept_any_offset_and_come_back_as_utc_millis() {
     let mut event = changed();
     event["occurred_at"] = json!("2024-05-01T12:00:00.123456+02:00");
-    assert_eq!(
-        decode(&encode(&event))["occurred_at"],
-        json!("2024-05-01T10:00:00.123Z")
-    );
+    assert_eq!(decode(&encode(&event))["occurred_at"], json!("2024-05-01T10:00:00.123Z"));
     event["occurred_at"] = json!("2024-05-01T10:00:00Z");
-    assert_eq!(
-        decode(&encode(&event))["occurred_at"],
-        json!("2024-05-01T10:00:00.000Z")
-    );
+    assert_eq!(decode(&encode(&event))["occurred_at"], json!("2024-05-01T10:00:00.000Z"));
 }
 
 #[test]
 fn optional_fields_may_be_missing_and_extra_fields_are_ignored() {
     let mut event = changed();
-    let Some(object) = event.as_object_mut() else {
-        panic!("not an object")
-    };
+    let Some(object) = event.as_object_mut() else { panic!("not an object") };
     object.remove("users");
     object.insert("unknown_extra".into(), json!({"anything": [1, 2]}));
     let back = decode(&encode(&event));
@@ -241,13 +211,9 @@ fn optional_fields_may_be_missing_and_extra_fields_are_ignored() {
 
 #[test]
 fn history_v1_message_decodes_with_current_reader() {
-    let Some(v1) = registry().history.first() else {
-        panic!("no history schema")
-    };
+    let Some(v1) = registry().history.first() else { panic!("no history schema") };
     let mut event = changed();
-    let Some(object) = event.as_object_mut() else {
-        panic!("not an object")
-    };
+    let Some(object) = event.as_object_mut() else { panic!("not an object") };
     object.remove("users");
     // Write the datum exactly as a v1 producer would have: v1 schema, v1 fingerprint.
     let value = match json_to_avro(&v1.schema, &event, &v1.names, &Path::Root) {
@@ -256,9 +222,7 @@ fn history_v1_message_decodes_with_current_reader() {
     };
     let mut bytes = MARKER.to_vec();
     bytes.extend_from_slice(&v1.fingerprint);
-    let written = GenericDatumWriter::builder(&v1.schema)
-        .build()
-        .and_then(|w| w.write_value_ref(&mut bytes, &value));
+    let written = GenericDatumWriter::builder(&v1.schema).build().and_then(|w| w.write_value_ref(&mut bytes, &value));
     assert!(written.is_ok(), "{written:?}");
 
     let back = decode(&bytes);
@@ -277,10 +241,7 @@ fn wrong_marker_and_short_input_are_not_single_object() {
     let mut wrong = bytes.clone();
     wrong[0] = 0x4F;
     let err = registry().decode(&wrong);
-    assert!(
-        matches!(&err, Err(AvroError::NotSingleObject(m)) if m.contains("4F 01")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Err(AvroError::NotSingleObject(m)) if m.contains("4F 01")), "{err:?}");
 }
 
 #[test]
@@ -288,18 +249,12 @@ fn truncated_or_padded_datum_is_undecodable() {
     let bytes = encode(&changed());
     for len in HEADER_LEN..bytes.len() {
         let err = registry().decode(&bytes[..len]);
-        assert!(
-            matches!(err, Err(AvroError::Undecodable(_))),
-            "at {len}: {err:?}"
-        );
+        assert!(matches!(err, Err(AvroError::Undecodable(_))), "at {len}: {err:?}");
     }
     let mut padded = bytes.clone();
     padded.push(0);
     let err = registry().decode(&padded);
-    assert!(
-        matches!(&err, Err(AvroError::Undecodable(m)) if m.contains("1 trailing bytes")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Err(AvroError::Undecodable(m)) if m.contains("1 trailing bytes")), "{err:?}");
 }
 
 #[test]
@@ -310,10 +265,7 @@ fn truncation_before_a_trailing_optional_field_is_detected() {
     let bytes = encode(&event);
     for cut in 1..=4 {
         let err = registry().decode(&bytes[..bytes.len() - cut]);
-        assert!(
-            matches!(&err, Err(AvroError::Undecodable(m)) if m.contains("truncated")),
-            "cut {cut}: {err:?}"
-        );
+        assert!(matches!(&err, Err(AvroError::Undecodable(m)) if m.contains("truncated")), "cut {cut}: {err:?}");
     }
 }
 
@@ -322,10 +274,7 @@ fn unknown_fingerprint() {
     let mut bytes = encode(&changed());
     bytes[2] ^= 0xFF;
     let err = registry().decode(&bytes);
-    assert!(
-        matches!(&err, Err(AvroError::UnknownFingerprint(h)) if h.len() == 16),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Err(AvroError::UnknownFingerprint(h)) if h.len() == 16), "{err:?}");
 }
 
 #[test]
@@ -348,10 +297,7 @@ fn not_an_event_and_unknown_type() {
         assert!(matches!(err, Err(AvroError::NotAnEvent(_))), "{err:?}");
     }
     let err = registry().encode(&json!({"type": "NoSuchEvent"}));
-    assert!(
-        matches!(&err, Err(AvroError::UnknownType(t)) if t == "NoSuchEvent"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Err(AvroError::UnknownType(t)) if t == "NoSuchEvent"), "{err:?}");
 }
 
 #[test]
@@ -360,14 +306,14 @@ fn wrong_json_type_names_the_field_path() {
     event["fields"]["amount"] = json!({"nested": 1});
     let (path, message) = violation(&event);
     assert_eq!(path, "fields.amount");
-    assert!(message.contains("expected null or a boolean or an integer (long) or a number or a string, got an object"), "{message}");
+    assert!(
+        message.contains("expected null or a boolean or an integer (long) or a number or a string, got an object"),
+        "{message}"
+    );
 
     let mut event = changed();
     event["object_id"] = json!(42);
-    assert_eq!(
-        violation(&event),
-        ("object_id".into(), "expected a string, got 42".into())
-    );
+    assert_eq!(violation(&event), ("object_id".into(), "expected a string, got 42".into()));
 
     let mut event = changed();
     event["users"]["u-9"]["email"] = json!(false);
@@ -377,10 +323,7 @@ fn wrong_json_type_names_the_field_path() {
     workflow["workflow"]["conditions"][1]["op"] = json!("greater");
     let (path, message) = violation(&workflow);
     assert_eq!(path, "workflow.conditions[1].op");
-    assert!(
-        message.starts_with("expected one of \"eq\", \"ne\""),
-        "{message}"
-    );
+    assert!(message.starts_with("expected one of \"eq\", \"ne\""), "{message}");
     assert!(message.ends_with("got \"greater\""), "{message}");
 
     let mut workflow = examples().swap_remove(3);
@@ -408,9 +351,7 @@ fn bad_timestamp_and_out_of_range_numbers() {
 #[test]
 fn missing_or_null_required_field() {
     let mut event = changed();
-    let Some(object) = event.as_object_mut() else {
-        panic!("not an object")
-    };
+    let Some(object) = event.as_object_mut() else { panic!("not an object") };
     object.remove("company_id");
     let (path, message) = violation(&event);
     assert_eq!(path, "company_id");
@@ -418,13 +359,7 @@ fn missing_or_null_required_field() {
 
     let mut workflow = examples().swap_remove(3);
     workflow["workflow"]["active"] = JsonValue::Null;
-    assert_eq!(
-        violation(&workflow),
-        (
-            "workflow.active".into(),
-            "expected a boolean, got null".into()
-        )
-    );
+    assert_eq!(violation(&workflow), ("workflow.active".into(), "expected a boolean, got null".into()));
 
     let err = registry().encode(&json!({"type": "WorkflowDeleted"}));
     assert!(
@@ -438,9 +373,7 @@ fn missing_or_null_required_field() {
 fn error_messages_read_well() {
     let mut event = changed();
     event["fields"]["amount"] = json!([1]);
-    let Err(err) = registry().encode(&event) else {
-        panic!("expected an error")
-    };
+    let Err(err) = registry().encode(&event) else { panic!("expected an error") };
     assert_eq!(
         err.to_string(),
         "CrmRecordChanged does not fit its Avro schema at fields.amount: expected null or a boolean \
@@ -453,8 +386,5 @@ fn incompatible_history_is_rejected_at_construction() {
     let incompatible = r#"{"type":"record","name":"WorkflowDeleted","namespace":"crmflow.events",
         "fields":[{"name":"company_id","type":"long"}]}"#;
     let built = SchemaRegistry::from_sources(CURRENT, &[("bad.avsc", incompatible)]);
-    assert!(
-        matches!(&built, Err(m) if m.starts_with("bad.avsc")),
-        "{built:?}"
-    );
+    assert!(matches!(&built, Err(m) if m.starts_with("bad.avsc")), "{built:?}");
 }

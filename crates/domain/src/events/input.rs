@@ -193,9 +193,7 @@ impl InputEvent {
             InputEvent::IntegrationSettingsChanged(_)
             | InputEvent::WorkflowSaved(_)
             | InputEvent::WorkflowDeleted(_) => InputStream::Settings,
-            InputEvent::UserAssignedToTeam(_) | InputEvent::UserRemovedFromTeam(_) => {
-                InputStream::Teams
-            }
+            InputEvent::UserAssignedToTeam(_) | InputEvent::UserRemovedFromTeam(_) => InputStream::Teams,
         }
     }
 
@@ -209,32 +207,24 @@ impl InputEvent {
                 ("object_type", &e.object_type),
                 ("object_id", &e.object_id),
             ],
-            InputEvent::IntegrationSettingsChanged(e) => vec![
-                ("company_id", &e.company_id),
-                ("integration_id", &e.integration_id),
-            ],
+            InputEvent::IntegrationSettingsChanged(e) => {
+                vec![("company_id", &e.company_id), ("integration_id", &e.integration_id)]
+            }
             InputEvent::WorkflowSaved(e) => {
                 e.workflow.validate()?;
-                vec![
-                    ("company_id", &e.company_id),
-                    ("integration_id", &e.integration_id),
-                ]
+                vec![("company_id", &e.company_id), ("integration_id", &e.integration_id)]
             }
             InputEvent::WorkflowDeleted(e) => vec![
                 ("company_id", &e.company_id),
                 ("integration_id", &e.integration_id),
                 ("workflow_id", &e.workflow_id),
             ],
-            InputEvent::UserAssignedToTeam(e) => vec![
-                ("company_id", &e.company_id),
-                ("user_id", &e.user_id),
-                ("team_id", &e.team_id),
-            ],
-            InputEvent::UserRemovedFromTeam(e) => vec![
-                ("company_id", &e.company_id),
-                ("user_id", &e.user_id),
-                ("team_id", &e.team_id),
-            ],
+            InputEvent::UserAssignedToTeam(e) => {
+                vec![("company_id", &e.company_id), ("user_id", &e.user_id), ("team_id", &e.team_id)]
+            }
+            InputEvent::UserRemovedFromTeam(e) => {
+                vec![("company_id", &e.company_id), ("user_id", &e.user_id), ("team_id", &e.team_id)]
+            }
         };
         match required.into_iter().find(|(_, v)| v.trim().is_empty()) {
             Some((name, _)) => Err(ContractViolation::EmptyField(name)),

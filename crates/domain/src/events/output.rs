@@ -41,11 +41,8 @@ pub enum IgnoreReason {
 
 impl IgnoreReason {
     /// Every reason, in a stable order.
-    pub const ALL: [IgnoreReason; 3] = [
-        IgnoreReason::MissingUserField,
-        IgnoreReason::UserNotSynced,
-        IgnoreReason::UserNotOnTeam,
-    ];
+    pub const ALL: [IgnoreReason; 3] =
+        [IgnoreReason::MissingUserField, IgnoreReason::UserNotSynced, IgnoreReason::UserNotOnTeam];
 
     /// The name as written in events.
     pub fn as_str(self) -> &'static str {

@@ -15,28 +15,18 @@ fn open_with(dir: &TempDir, options: StoreOptions) -> StateStore {
 }
 
 fn put_team(company: &str, user: &str, team: &str) -> StateChange {
-    StateChange::PutTeam {
-        company_id: company.into(),
-        user_id: user.into(),
-        team_id: team.into(),
-    }
+    StateChange::PutTeam { company_id: company.into(), user_id: user.into(), team_id: team.into() }
 }
 
 fn remember(company: &str, event: &str) -> StateChange {
-    StateChange::RememberEvent {
-        company_id: company.into(),
-        event_id: event.into(),
-    }
+    StateChange::RememberEvent { company_id: company.into(), event_id: event.into() }
 }
 
 fn put_integration(company: &str, integration: &str, crm: &str) -> StateChange {
     StateChange::PutIntegration {
         company_id: company.into(),
         integration_id: integration.into(),
-        integration: Integration {
-            crm: crm.into(),
-            ..Integration::default()
-        },
+        integration: Integration { crm: crm.into(), ..Integration::default() },
     }
 }
 
@@ -44,29 +34,17 @@ fn put_integration(company: &str, integration: &str, crm: &str) -> StateChange {
 type Write<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
 
 fn position(topic: &str, partition: i32, next_offset: i64) -> InputPosition {
-    InputPosition {
-        topic: topic.into(),
-        partition,
-        next_offset,
-    }
+    InputPosition { topic: topic.into(), partition, next_offset }
 }
 
 #[test]
 fn staged_writes_are_visible_before_commit_and_lost_on_reopen_without_it() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
-    store
-        .stage(&[put_team("acme", "u1", "ny"), remember("acme", "e1")])
-        .expect("stages");
-    assert_eq!(
-        store.team_of("acme", "u1").expect("reads").as_deref(),
-        Some("ny")
-    );
+    store.stage(&[put_team("acme", "u1", "ny"), remember("acme", "e1")]).expect("stages");
+    assert_eq!(store.team_of("acme", "u1").expect("reads").as_deref(), Some("ny"));
     assert!(store.has_seen("acme", "e1").expect("reads"));
-    assert!(
-        !store.has_seen("other", "e1").expect("reads"),
-        "companies never share state"
-    );
+    assert!(!store.has_seen("other", "e1").expect("reads"), "companies never share state");
     drop(store);
 
     let store = open(&dir);
@@ -94,76 +72,38 @@ fn committed_writes_and_positions_survive_reopen() {
                 company_id: "acme".into(),
                 integration_id: "sf".into(),
                 crm_user_id: "005A".into(),
-                account: Account {
-                    user_id: "u1".into(),
-                },
+                account: Account { user_id: "u1".into() },
             },
             put_team("acme", "u1", "ny"),
-            StateChange::PutLedger {
-                company_id: "acme".into(),
-                activity_id: "a1".into(),
-                entry: entry.clone(),
-            },
+            StateChange::PutLedger { company_id: "acme".into(), activity_id: "a1".into(), entry: entry.clone() },
             remember("acme", "e1"),
         ])
         .expect("stages");
-    store
-        .commit(&[
-            position("crm.changes", 3, 42),
-            position("team.assignments", 3, 7),
-        ])
-        .expect("commits");
+    store.commit(&[position("crm.changes", 3, 42), position("team.assignments", 3, 7)]).expect("commits");
     assert_eq!(store.staged_writes().count(), 0, "commit clears the stage");
     drop(store);
 
     let mut store = open(&dir);
-    let integration = store
-        .integration("acme", "sf")
-        .expect("reads")
-        .expect("present");
+    let integration = store.integration("acme", "sf").expect("reads").expect("present");
     assert_eq!(integration.crm, "salesforce");
-    assert_eq!(
-        store.account("acme", "sf", "005A").expect("reads"),
-        Some(Account {
-            user_id: "u1".into()
-        })
-    );
-    assert_eq!(
-        store.team_of("acme", "u1").expect("reads").as_deref(),
-        Some("ny")
-    );
-    assert_eq!(
-        store.ledger_entry("acme", "a1").expect("reads"),
-        Some(entry)
-    );
+    assert_eq!(store.account("acme", "sf", "005A").expect("reads"), Some(Account { user_id: "u1".into() }));
+    assert_eq!(store.team_of("acme", "u1").expect("reads").as_deref(), Some("ny"));
+    assert_eq!(store.ledger_entry("acme", "a1").expect("reads"), Some(entry));
     assert!(store.has_seen("acme", "e1").expect("reads"));
     assert_eq!(
         store.positions().expect("reads"),
-        vec![
-            position("crm.changes", 3, 42),
-            position("team.assignments", 3, 7)
-        ]
+        vec![position("crm.changes", 3, 42), position("team.assignments", 3, 7)]
     );
 
     // Positions are per topic partition: a later commit moves only the ones it names.
-    store
-        .stage(&[StateChange::RemoveLedger {
-            company_id: "acme".into(),
-            activity_id: "a1".into(),
-        }])
-        .expect("stages");
-    store
-        .commit(&[position("crm.changes", 3, 50)])
-        .expect("commits");
+    store.stage(&[StateChange::RemoveLedger { company_id: "acme".into(), activity_id: "a1".into() }]).expect("stages");
+    store.commit(&[position("crm.changes", 3, 50)]).expect("commits");
     drop(store);
     let store = open(&dir);
     assert_eq!(store.ledger_entry("acme", "a1").expect("reads"), None);
     assert_eq!(
         store.positions().expect("reads"),
-        vec![
-            position("crm.changes", 3, 50),
-            position("team.assignments", 3, 7)
-        ]
+        vec![position("crm.changes", 3, 50), position("team.assignments", 3, 7)]
     );
 }
 
@@ -171,44 +111,19 @@ fn committed_writes_and_positions_survive_reopen() {
 fn discard_staged_keeps_only_committed_writes() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
-    store
-        .stage(&[
-            put_integration("acme", "sf", "salesforce"),
-            remember("acme", "e1"),
-        ])
-        .expect("stages");
-    store
-        .commit(&[position("crm.changes", 0, 1)])
-        .expect("commits");
+    store.stage(&[put_integration("acme", "sf", "salesforce"), remember("acme", "e1")]).expect("stages");
+    store.commit(&[position("crm.changes", 0, 1)]).expect("commits");
     // Prime the integration cache, so discarding must not leave a staged value in it.
     assert!(store.integration("acme", "sf").expect("reads").is_some());
 
     store
-        .stage(&[
-            put_integration("acme", "sf", "hubspot"),
-            remember("acme", "e2"),
-            put_team("acme", "u1", "ny"),
-        ])
+        .stage(&[put_integration("acme", "sf", "hubspot"), remember("acme", "e2"), put_team("acme", "u1", "ny")])
         .expect("stages");
-    assert_eq!(
-        store
-            .integration("acme", "sf")
-            .expect("reads")
-            .map(|i| i.crm)
-            .as_deref(),
-        Some("hubspot")
-    );
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("hubspot"));
     store.discard_staged();
 
     assert_eq!(store.staged_writes().count(), 0);
-    assert_eq!(
-        store
-            .integration("acme", "sf")
-            .expect("reads")
-            .map(|i| i.crm)
-            .as_deref(),
-        Some("salesforce")
-    );
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
     assert!(store.has_seen("acme", "e1").expect("reads"));
     assert!(!store.has_seen("acme", "e2").expect("reads"));
     assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
@@ -223,19 +138,12 @@ fn discard_staged_keeps_only_committed_writes() {
 #[test]
 fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     let dir = TempDir::new().expect("temp dir");
-    let options = StoreOptions {
-        seen_capacity: 2,
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions { seen_capacity: 2, ..StoreOptions::default() };
     let mut store = open_with(&dir, options.clone());
-    store
-        .stage(&[remember("c1", "a"), remember("c1", "b")])
-        .expect("stages");
+    store.stage(&[remember("c1", "a"), remember("c1", "b")]).expect("stages");
     store.commit(&[]).expect("commits");
     // Remembering "a" again keeps its place (it stays the oldest), as in MemoryState.
-    store
-        .stage(&[remember("c1", "a"), remember("c1", "c")])
-        .expect("stages");
+    store.stage(&[remember("c1", "a"), remember("c1", "c")]).expect("stages");
     assert!(!store.has_seen("c1", "a").expect("reads"));
     assert!(store.has_seen("c1", "b").expect("reads"));
     assert!(store.has_seen("c1", "c").expect("reads"));
@@ -245,10 +153,7 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     let mut store = open_with(&dir, options);
     store.stage(&[remember("c1", "d")]).expect("stages");
     store.commit(&[]).expect("commits");
-    let seen: Vec<bool> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|id| store.has_seen("c1", id).expect("reads"))
-        .collect();
+    let seen: Vec<bool> = ["a", "b", "c", "d"].iter().map(|id| store.has_seen("c1", id).expect("reads")).collect();
     assert_eq!(seen, [false, false, true, true]);
     let order = store.cf(Family::SeenOrder).expect("family");
     let remaining = store.db.iterator_cf(order, IteratorMode::Start).count();
@@ -256,18 +161,9 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     drop(store);
 
     // A smaller capacity on reopen trims to it at the next remembered id.
-    let mut store = open_with(
-        &dir,
-        StoreOptions {
-            seen_capacity: 1,
-            ..StoreOptions::default()
-        },
-    );
+    let mut store = open_with(&dir, StoreOptions { seen_capacity: 1, ..StoreOptions::default() });
     store.stage(&[remember("c1", "e")]).expect("stages");
-    let seen: Vec<bool> = ["c", "d", "e"]
-        .iter()
-        .map(|id| store.has_seen("c1", id).expect("reads"))
-        .collect();
+    let seen: Vec<bool> = ["c", "d", "e"].iter().map(|id| store.has_seen("c1", id).expect("reads")).collect();
     assert_eq!(seen, [false, false, true]);
 }
 
@@ -278,20 +174,11 @@ fn staged_writes_list_families_keys_and_deletions() {
     store
         .stage(&[
             put_team("acme", "u1", "ny"),
-            StateChange::RemoveTeam {
-                company_id: "acme".into(),
-                user_id: "u2".into(),
-            },
+            StateChange::RemoveTeam { company_id: "acme".into(), user_id: "u2".into() },
         ])
         .expect("stages");
     let writes: Vec<Write<'_>> = store.staged_writes().collect();
-    assert_eq!(
-        writes,
-        vec![
-            ("teams", &b"acme\0u1"[..], Some(&b"\"ny\""[..])),
-            ("teams", &b"acme\0u2"[..], None)
-        ]
-    );
+    assert_eq!(writes, vec![("teams", &b"acme\0u1"[..], Some(&b"\"ny\""[..])), ("teams", &b"acme\0u2"[..], None)]);
 }
 
 #[test]
@@ -302,17 +189,10 @@ fn restore_write_round_trip() {
     let mut target = open(&target_dir);
 
     let batches = [
-        vec![
-            put_integration("acme", "sf", "salesforce"),
-            put_team("acme", "u1", "ny"),
-            remember("acme", "e1"),
-        ],
+        vec![put_integration("acme", "sf", "salesforce"), put_team("acme", "u1", "ny"), remember("acme", "e1")],
         vec![
             put_integration("acme", "sf", "hubspot"),
-            StateChange::RemoveTeam {
-                company_id: "acme".into(),
-                user_id: "u1".into(),
-            },
+            StateChange::RemoveTeam { company_id: "acme".into(), user_id: "u1".into() },
             remember("acme", "e2"),
         ],
     ];
@@ -322,76 +202,36 @@ fn restore_write_round_trip() {
         target.integration("acme", "sf").expect("reads");
         let records: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = source
             .staged_writes()
-            .map(|(family, key, value)| {
-                (family.to_owned(), key.to_vec(), value.map(<[u8]>::to_vec))
-            })
+            .map(|(family, key, value)| (family.to_owned(), key.to_vec(), value.map(<[u8]>::to_vec)))
             .collect();
         source.commit(&[]).expect("commits");
         for (family, key, value) in &records {
-            target
-                .restore_write(family, key, value.as_deref())
-                .expect("restores");
+            target.restore_write(family, key, value.as_deref()).expect("restores");
         }
     }
-    target
-        .commit(&[position("crmflow-changelog", 0, 6)])
-        .expect("commits");
+    target.commit(&[position("crmflow-changelog", 0, 6)]).expect("commits");
     drop(target);
 
     let target = open(&target_dir);
-    assert_eq!(
-        target.integration("acme", "sf").expect("reads"),
-        source.integration("acme", "sf").expect("reads")
-    );
-    assert_eq!(
-        target
-            .integration("acme", "sf")
-            .expect("reads")
-            .map(|i| i.crm)
-            .as_deref(),
-        Some("hubspot")
-    );
+    assert_eq!(target.integration("acme", "sf").expect("reads"), source.integration("acme", "sf").expect("reads"));
+    assert_eq!(target.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("hubspot"));
     assert_eq!(target.team_of("acme", "u1").expect("reads"), None);
     assert!(target.has_seen("acme", "e1").expect("reads"));
     assert!(target.has_seen("acme", "e2").expect("reads"));
     assert_eq!(target.counter(encoding::SEEN_NEXT).expect("reads"), 2);
-    assert_eq!(
-        target.positions().expect("reads"),
-        vec![position("crmflow-changelog", 0, 6)]
-    );
+    assert_eq!(target.positions().expect("reads"), vec![position("crmflow-changelog", 0, 6)]);
 }
 
 #[test]
 fn restore_write_rejects_unknown_families_and_corrupted_values() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
-    let error = store
-        .restore_write("nope", b"k", Some(b"{}"))
-        .expect_err("unknown family");
+    let error = store.restore_write("nope", b"k", Some(b"{}")).expect_err("unknown family");
     assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
-    let error = store
-        .restore_write("ledger", b"acme\0a1", Some(b"not json"))
-        .expect_err("corrupted");
-    assert!(
-        matches!(
-            error,
-            StoreError::Decode {
-                family: "ledger",
-                ..
-            }
-        ),
-        "{error}"
-    );
-    assert!(
-        error.to_string().contains("acme\\x00a1"),
-        "names the key: {error}"
-    );
-    assert_eq!(
-        store
-            .ledger_entry("acme", "a1")
-            .expect("nothing was written"),
-        None
-    );
+    let error = store.restore_write("ledger", b"acme\0a1", Some(b"not json")).expect_err("corrupted");
+    assert!(matches!(error, StoreError::Decode { family: "ledger", .. }), "{error}");
+    assert!(error.to_string().contains("acme\\x00a1"), "names the key: {error}");
+    assert_eq!(store.ledger_entry("acme", "a1").expect("nothing was written"), None);
 }
 
 #[test]
@@ -399,101 +239,43 @@ fn corrupted_values_on_disk_are_errors() {
     let dir = TempDir::new().expect("temp dir");
     let store = open(&dir);
     let cf = store.cf(Family::Integrations).expect("family");
-    store
-        .db
-        .put_cf(cf, encoding::key(&["acme", "sf"]), b"{\"crm\": 5}")
-        .expect("raw write");
+    store.db.put_cf(cf, encoding::key(&["acme", "sf"]), b"{\"crm\": 5}").expect("raw write");
     let error = store.integration("acme", "sf").expect_err("corrupted");
     let message = error.to_string();
-    assert!(
-        message.contains("integrations") && message.contains("acme\\x00sf"),
-        "{message}"
-    );
-    assert!(
-        message.contains(&dir.path().join("0").display().to_string()),
-        "{message}"
-    );
+    assert!(message.contains("integrations") && message.contains("acme\\x00sf"), "{message}");
+    assert!(message.contains(&dir.path().join("0").display().to_string()), "{message}");
 
     let cf = store.cf(Family::Meta).expect("family");
-    store
-        .db
-        .put_cf(cf, encoding::SEEN_NEXT, b"-1")
-        .expect("raw write");
+    store.db.put_cf(cf, encoding::SEEN_NEXT, b"-1").expect("raw write");
     let mut store = store;
-    assert!(matches!(
-        store.stage(&[remember("acme", "e1")]),
-        Err(StoreError::Decode { family: "meta", .. })
-    ));
+    assert!(matches!(store.stage(&[remember("acme", "e1")]), Err(StoreError::Decode { family: "meta", .. })));
 }
 
 #[test]
 fn failed_stage_takes_back_its_earlier_changes() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
-    store
-        .stage(&[put_team("acme", "u0", "la")])
-        .expect("stages");
+    store.stage(&[put_team("acme", "u0", "la")]).expect("stages");
     let cf = store.cf(Family::Meta).expect("family");
-    store
-        .db
-        .put_cf(cf, encoding::SEEN_NEXT, b"garbage")
-        .expect("raw write");
-    let result = store.stage(&[
-        put_team("acme", "u0", "ny"),
-        put_team("acme", "u1", "ny"),
-        remember("acme", "e1"),
-    ]);
+    store.db.put_cf(cf, encoding::SEEN_NEXT, b"garbage").expect("raw write");
+    let result = store.stage(&[put_team("acme", "u0", "ny"), put_team("acme", "u1", "ny"), remember("acme", "e1")]);
     assert!(result.is_err());
-    assert_eq!(
-        store.team_of("acme", "u0").expect("reads").as_deref(),
-        Some("la"),
-        "earlier stage kept"
-    );
-    assert_eq!(
-        store.team_of("acme", "u1").expect("reads"),
-        None,
-        "this stage taken back"
-    );
+    assert_eq!(store.team_of("acme", "u0").expect("reads").as_deref(), Some("la"), "earlier stage kept");
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None, "this stage taken back");
     assert_eq!(store.staged_writes().count(), 1);
 }
 
 #[test]
 fn committed_integration_changes_reach_cached_readers() {
     let dir = TempDir::new().expect("temp dir");
-    let mut store = open_with(
-        &dir,
-        StoreOptions {
-            cache_capacity: 1,
-            ..StoreOptions::default()
-        },
-    );
-    assert_eq!(
-        store.integration("acme", "sf").expect("reads"),
-        None,
-        "absence gets cached"
-    );
-    store
-        .stage(&[put_integration("acme", "sf", "salesforce")])
-        .expect("stages");
+    let mut store = open_with(&dir, StoreOptions { cache_capacity: 1, ..StoreOptions::default() });
+    assert_eq!(store.integration("acme", "sf").expect("reads"), None, "absence gets cached");
+    store.stage(&[put_integration("acme", "sf", "salesforce")]).expect("stages");
     store.commit(&[]).expect("commits");
-    assert_eq!(
-        store
-            .integration("acme", "sf")
-            .expect("reads")
-            .map(|i| i.crm)
-            .as_deref(),
-        Some("salesforce")
-    );
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
     // Capacity 1: reading another integration evicts the first; both still read right.
     assert_eq!(store.integration("acme", "hs").expect("reads"), None);
-    assert_eq!(
-        store
-            .integration("acme", "sf")
-            .expect("reads")
-            .map(|i| i.crm)
-            .as_deref(),
-        Some("salesforce")
-    );
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
 }
 
 /// A small stream in the shapes of `tests/scenarios/seed-walkthrough`, plus resends,
@@ -524,12 +306,7 @@ fn stream() -> Vec<InputEvent> {
         crm("e3", "006A", "updated", won("005A", json!(1200.1))),
         crm("e4", "006B", "created", won("005A", json!("2500.50"))),
         crm("e5", "006B", "updated", won("005B", json!(2500.5))),
-        crm(
-            "e6",
-            "006A",
-            "updated",
-            json!({"OwnerId": "005A", "StageName": "Closed Lost"}),
-        ),
+        crm("e6", "006A", "updated", json!({"OwnerId": "005A", "StageName": "Closed Lost"})),
         json!({"type": "UserRemovedFromTeam", "company_id": "acme", "user_id": ada, "team_id": "boston",
                "changed_at": "2024-05-01T10:00:08Z"}),
         json!({"type": "UserRemovedFromTeam", "company_id": "acme", "user_id": ada, "team_id": "new-york",
@@ -544,10 +321,7 @@ fn stream() -> Vec<InputEvent> {
         crm("e10", "006B", "updated", won("005A", json!(3))),
         crm("e1", "006A", "created", won("005A", json!(1000))),
     ];
-    events
-        .into_iter()
-        .map(|event| serde_json::from_value(event).expect("valid input event"))
-        .collect()
+    events.into_iter().map(|event| serde_json::from_value(event).expect("valid input event")).collect()
 }
 
 #[test]
@@ -565,19 +339,14 @@ fn deciding_through_the_store_matches_memory_state() {
         // Commit every third event and reopen once, so batches span commits and restarts.
         if offset % 3 == 2 {
             let next_offset = i64::try_from(offset).expect("small") + 1;
-            store
-                .commit(&[position("input", 0, next_offset)])
-                .expect("commits");
+            store.commit(&[position("input", 0, next_offset)]).expect("commits");
         }
         if offset == 8 {
             drop(store);
             store = open(&dir);
         }
     }
-    assert!(
-        outputs >= 10,
-        "the stream exercises the core ({outputs} outputs)"
-    );
+    assert!(outputs >= 10, "the stream exercises the core ({outputs} outputs)");
     assert!(!store.has_seen("acme", "e0").expect("reads"));
     assert!(store.has_seen("acme", "e10").expect("reads"));
 }
@@ -603,20 +372,16 @@ fn company() -> impl Strategy<Value = String> {
 }
 
 fn change() -> impl Strategy<Value = StateChange> {
-    let entry = (
-        id(),
-        id(),
-        prop::option::of(-1e9f64..1e9),
-        0i64..4_102_444_800_000,
-    )
-        .prop_map(|(user_id, team_id, value, millis)| LedgerEntry {
+    let entry = (id(), id(), prop::option::of(-1e9f64..1e9), 0i64..4_102_444_800_000).prop_map(
+        |(user_id, team_id, value, millis)| LedgerEntry {
             user_id,
             crm_user_id: "crm".into(),
             team_id,
             activity_type: "Sale".into(),
             value,
             occurred_at: Timestamp(millis),
-        });
+        },
+    );
     prop_oneof![
         1 => (company(), id(), id(), any::<bool>()).prop_map(|(company_id, integration_id, crm, auto_sync_users)| {
             StateChange::PutIntegration {
@@ -664,10 +429,7 @@ fn assert_same_reads(store: &StateStore, model: &MemoryState) -> Result<(), Test
                 store.integration(company, a).expect("reads"),
                 model.integration(company, a).expect("reads")
             );
-            prop_assert_eq!(
-                store.team_of(company, a).expect("reads"),
-                model.team_of(company, a).expect("reads")
-            );
+            prop_assert_eq!(store.team_of(company, a).expect("reads"), model.team_of(company, a).expect("reads"));
             prop_assert_eq!(
                 store.ledger_entry(company, a).expect("reads"),
                 model.ledger_entry(company, a).expect("reads")
