@@ -75,7 +75,7 @@ enum Command {
         /// Also write the bootstrap address to this file.
         #[arg(long)]
         address_file: Option<PathBuf>,
-        /// Further topics to create.
+        /// Further topics to create, as NAME or NAME:PARTITIONS.
         #[arg(long = "topic")]
         topics: Vec<String>,
     },

@@ -17,13 +17,25 @@ pub struct DevBroker {
 }
 
 impl DevBroker {
-    /// Starts a one-broker cluster and creates every topic with `partitions` partitions.
+    /// Starts a one-broker cluster and creates every topic with `partitions` partitions, plus
+    /// extra topics given as `name` or `name:partitions`.
     pub fn start(partitions: i32, topics: &TopicNames, extra_topics: &[String]) -> Result<Self, RunError> {
         let cluster = MockCluster::new(1).map_err(|e| RunError::kafka("starting the mock cluster", e))?;
-        let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
-        names.extend(topics.outputs().iter().map(|t| t.to_string()));
-        names.extend(extra_topics.iter().cloned());
-        for topic in names {
+        let mut names: Vec<(String, i32)> = topics.inputs().iter().map(|(_, t)| (t.to_string(), partitions)).collect();
+        names.extend(topics.outputs().iter().map(|t| (t.to_string(), partitions)));
+        for extra in extra_topics {
+            let (name, count) = match extra.rsplit_once(':') {
+                Some((name, count)) => {
+                    let count = count.parse().map_err(|_| {
+                        RunError::Topics(format!("`{extra}`: expected a topic name or name:partitions"))
+                    })?;
+                    (name.to_owned(), count)
+                }
+                None => (extra.clone(), partitions),
+            };
+            names.push((name, count));
+        }
+        for (topic, partitions) in names {
             cluster
                 .create_topic(&topic, partitions, 1)
                 .map_err(|e| RunError::kafka(format!("creating topic {topic} on the mock cluster"), e))?;

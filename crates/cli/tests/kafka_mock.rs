@@ -1,0 +1,100 @@
+//! crmflow against librdkafka's mock cluster (`crmflow dev-broker`), exactly-once.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+macro_rules! scenario_tests {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                play_scenario(BrokerKind::Mock, $name);
+            }
+        )*
+
+        #[test]
+        fn every_scenario_directory_has_a_kafka_test() {
+            assert_eq!(scenario_names(), vec![$($name.to_string()),*]);
+        }
+    };
+}
+
+scenario_tests! {
+    auto_sync_off => "auto-sync-off",
+    bad_lines => "bad-lines",
+    companies_and_integrations => "companies-and-integrations",
+    conditions_no_longer_met => "conditions-no-longer-met",
+    delete => "delete",
+    duplicate_event_ids => "duplicate-event-ids",
+    inactive_and_deleted_workflows => "inactive-and-deleted-workflows",
+    operators => "operators",
+    owner_change => "owner-change",
+    seed_walkthrough => "seed-walkthrough",
+    workflows_and_teams => "workflows-and-teams",
+}
+
+fn line(topic: &str, timestamp: i64, value: serde_json::Value) -> String {
+    serde_json::json!({"topic": topic, "key": "acme", "timestamp": timestamp, "value": value}).to_string()
+}
+
+/// A team placement that arrives after a CRM change but carries an earlier timestamp is applied first.
+#[test]
+fn inputs_are_merged_by_timestamp_not_arrival() {
+    let broker = Broker::mock(1, &[]);
+    let state = tempfile::tempdir().unwrap();
+    let (setup, _) = scenario("seed-walkthrough");
+    // Settings and workflow of acme/sf, then a first change that provisions 005A (not on a team yet).
+    produce_lines(&broker, &setup[..3]);
+    let mut processor = Processor::start(&broker, &state.path().join("state"), "ordering", &[]);
+    let outputs = consume_outputs(&broker, 2, Duration::from_secs(30));
+    assert_eq!(outputs.len(), 2, "provisioned and ignored:\n{}", processor.logs());
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let user = crmflow_domain::ids::user_id("acme", "sf", "005A");
+    let change = line(
+        "crm.changes",
+        now,
+        serde_json::json!({"type": "CrmRecordChanged", "event_id": "late-1", "company_id": "acme", "integration_id": "sf",
+            "object_type": "Opportunity", "object_id": "006Z", "operation": "created", "occurred_at": "2024-05-02T10:00:00Z",
+            "fields": {"OwnerId": "005A", "StageName": "Closed Won", "Amount": 10, "CloseDate": "2024-05-02"}}),
+    );
+    let placement = line(
+        "team.assignments",
+        now - 5_000,
+        serde_json::json!({"type": "UserAssignedToTeam", "company_id": "acme", "user_id": user, "team_id": "oslo",
+            "changed_at": "2024-05-02T09:59:55Z"}),
+    );
+    produce_lines(&broker, &[change]);
+    std::thread::sleep(Duration::from_millis(300));
+    produce_lines(&broker, &[placement]);
+
+    let outputs = consume_outputs(&broker, 3, Duration::from_secs(30));
+    processor.stop();
+    let last: serde_json::Value = serde_json::from_slice(&outputs.last().unwrap().value).unwrap();
+    assert_eq!(outputs.len(), 3, "{}", processor.logs());
+    assert_eq!(last["type"], "ActivityAccepted", "decided after the earlier-stamped placement: {last}");
+    assert_eq!(last["team_id"], "oslo");
+}
+
+/// A restart reuses the state directory: nothing is re-emitted, and state carries over.
+#[test]
+fn restart_resumes_from_the_state_directory() {
+    let broker = Broker::mock(2, &[]);
+    let state = tempfile::tempdir().unwrap();
+    let (input, expected) = scenario("seed-walkthrough");
+    let (first, rest) = input.split_at(4);
+    produce_lines(&broker, first);
+    let mut processor = Processor::start(&broker, &state.path().join("state"), "restart", &[]);
+    assert_eq!(consume_outputs(&broker, 2, Duration::from_secs(30)).len(), 2);
+    assert!(processor.stop().success(), "{}", processor.logs());
+    assert!(state.path().join("state").read_dir().unwrap().next().is_some(), "state directory was written");
+
+    produce_lines(&broker, rest);
+    let mut processor = Processor::start(&broker, &state.path().join("state"), "restart", &[]);
+    let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(30));
+    assert!(processor.stop().success());
+    compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+}

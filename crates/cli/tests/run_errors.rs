@@ -1,0 +1,69 @@
+//! `crmflow run` refuses to start on misconfiguration, with a message that says what to fix.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let state = tempfile::tempdir().unwrap();
+    let mut command = Command::new(CRMFLOW);
+    command.arg("run").args(args).env("CRMFLOW_STATE_DIR", state.path());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn assert_fails_with(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure, got success: {stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in:\n{stderr}");
+}
+
+#[test]
+fn a_bad_config_file_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "brokers = \"localhost:9092\"\ncommit_interval = 100\n").unwrap();
+    let output = run(&["--config", path.to_str().unwrap()], &[]);
+    assert_fails_with(&output, "commit_interval");
+    std::fs::write(&path, "processing_guarantee = \"sometimes\"\n").unwrap();
+    assert_fails_with(&run(&["--config", path.to_str().unwrap()], &[]), "sometimes");
+    assert_fails_with(&run(&["--config", "/nonexistent/crmflow.toml"], &[]), "cannot read config file");
+}
+
+#[test]
+fn a_bad_environment_override_names_the_key() {
+    assert_fails_with(&run(&[], &[("CRMFLOW_BROKERS", "no-port")]), "`brokers`");
+    assert_fails_with(&run(&[], &[("CRMFLOW_KAFKA__GROUP_ID", "x")]), "kafka.\"group.id\"");
+}
+
+#[test]
+fn unreachable_brokers_fail_after_a_bounded_wait() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let output = run(&[], &[("CRMFLOW_BROKERS", &format!("127.0.0.1:{port}")), ("CRMFLOW_STARTUP_TIMEOUT_MS", "2000")]);
+    assert_fails_with(&output, "cannot reach Kafka");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn inputs_that_are_not_co_partitioned_are_refused() {
+    let broker = Broker::mock(4, &["teams.narrow:2"]);
+    let output = run(
+        &[],
+        &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__TEAM_ASSIGNMENTS", "teams.narrow")],
+    );
+    assert_fails_with(&output, "not co-partitioned");
+    assert_fails_with(&output, "teams.narrow: 2");
+    assert_fails_with(&output, "crm.changes: 4");
+}
+
+#[test]
+fn a_missing_input_topic_is_named() {
+    let broker = Broker::mock(2, &[]);
+    let output = run(&[], &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__CRM_CHANGES", "nope.changes")]);
+    assert_fails_with(&output, "nope.changes");
+}
