@@ -6,13 +6,20 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CRMFLOW := $(CARGO_TARGET_DIR)/debug/crmflow
 # Set BROKERS=host:9092 to run against an existing Kafka cluster instead of the local one.
 BROKERS ?=
+# Events per second of the demo stream.
+RATE ?= 20
 
-.PHONY: all deps build test lint unit run simulate bench fmt
+.PHONY: all deps test-deps build lint unit test run simulate bench fmt
 
 all: build
 
+# System packages for the native builds (RocksDB, librdkafka).
 deps:
 	@deploy/scripts/install-deps.sh
+
+# Also the tansu broker, which the tests run against.
+test-deps:
+	@deploy/scripts/install-deps.sh --tansu
 
 build: deps
 	cargo build --workspace --all-targets
@@ -21,15 +28,18 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit: deps
+unit: test-deps
 	cargo test --workspace
 
 test: lint unit
 
-simulate: build
-	$(CRMFLOW) simulate --input tests/scenarios/seed-walkthrough/input.jsonl
+run: deps
+	cargo build -p crmflow
+	BROKERS=$(BROKERS) RATE=$(RATE) deploy/scripts/run-local.sh $(CRMFLOW)
 
-run: simulate
+simulate: deps
+	cargo build -p crmflow
+	$(CRMFLOW) simulate --input tests/scenarios/seed-walkthrough/input.jsonl
 
 bench: deps
 	cargo bench -p crmflow-demo --bench pipeline

@@ -50,7 +50,8 @@ fn demo(count: usize) -> (Vec<String>, Vec<crmflow_codec::Envelope>) {
     let output = std::process::Command::new(CRMFLOW).args(["simulate", "--input"]).arg(&input).output().unwrap();
     assert!(output.status.success());
     let lines = std::fs::read_to_string(&input).unwrap().lines().map(str::to_owned).collect();
-    let expected = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     (lines, expected)
 }
 

@@ -52,10 +52,8 @@ fn unreachable_brokers_fail_after_a_bounded_wait() {
 #[test]
 fn inputs_that_are_not_co_partitioned_are_refused() {
     let broker = Broker::mock(4, &["teams.narrow:2"]);
-    let output = run(
-        &[],
-        &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__TEAM_ASSIGNMENTS", "teams.narrow")],
-    );
+    let output =
+        run(&[], &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__TEAM_ASSIGNMENTS", "teams.narrow")]);
     assert_fails_with(&output, "not co-partitioned");
     assert_fails_with(&output, "teams.narrow: 2");
     assert_fails_with(&output, "crm.changes: 4");

@@ -106,7 +106,8 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("starting tansu");
-        let broker = Broker { child, address: format!("127.0.0.1:{port}"), partitions, kind: BrokerKind::Tansu, _dir: dir };
+        let broker =
+            Broker { child, address: format!("127.0.0.1:{port}"), partitions, kind: BrokerKind::Tansu, _dir: dir };
         let topics = TopicNames::default();
         let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
         names.extend(topics.outputs().iter().map(|t| t.to_string()));
@@ -299,7 +300,9 @@ pub fn consume_outputs(broker: &Broker, count: usize, timeout: Duration) -> Vec<
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -352,7 +355,11 @@ fn scenarios_dir() -> PathBuf {
 
 /// Dead letters whose source is an input topic: the only ones a Kafka run can reproduce.
 pub fn reproducible(expected: &[Envelope]) -> Vec<Envelope> {
-    expected.iter().filter(|e| e.headers.get("crmflow.error.kind").map(String::as_str) != Some("unknown_topic")).cloned().collect()
+    expected
+        .iter()
+        .filter(|e| e.headers.get("crmflow.error.kind").map(String::as_str) != Some("unknown_topic"))
+        .cloned()
+        .collect()
 }
 
 /// Compares consumed records with expected envelopes: per (topic, key) the same values in the same
@@ -372,7 +379,9 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
     let mut got_dead: Vec<(Option<String>, String)> = Vec::new();
     for r in actual {
         if r.topic == dlq {
-            for header in ["crmflow.error.message", "crmflow.source.topic", "crmflow.source.partition", "crmflow.source.offset"] {
+            for header in
+                ["crmflow.error.message", "crmflow.source.topic", "crmflow.source.partition", "crmflow.source.offset"]
+            {
                 if !r.headers.contains_key(header) {
                     return Err(format!("dead letter without header {header}: {:?}", r.headers));
                 }
