@@ -362,11 +362,14 @@ pub fn reproducible(expected: &[Envelope]) -> Vec<Envelope> {
         .collect()
 }
 
+/// Output values with timestamps, per (topic, key), in partition order.
+type Streams = BTreeMap<(String, Option<String>), Vec<(i64, Value)>>;
+
 /// Compares consumed records with expected envelopes: per (topic, key) the same values in the same
 /// order with the same timestamps; dead letters by key and error kind, with their source headers.
 pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String> {
     let dlq = TopicNames::default().dead_letters;
-    let mut want: BTreeMap<(String, Option<String>), Vec<(i64, Value)>> = BTreeMap::new();
+    let mut want: Streams = BTreeMap::new();
     let mut want_dead: Vec<(Option<String>, String)> = Vec::new();
     for e in expected {
         if e.topic == dlq {
@@ -375,7 +378,7 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
             want.entry((e.topic.clone(), e.key.clone())).or_default().push((e.timestamp, e.value.clone()));
         }
     }
-    let mut got: BTreeMap<(String, Option<String>), Vec<(i64, Value)>> = BTreeMap::new();
+    let mut got: Streams = BTreeMap::new();
     let mut got_dead: Vec<(Option<String>, String)> = Vec::new();
     for r in actual {
         if r.topic == dlq {
