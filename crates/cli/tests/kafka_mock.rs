@@ -98,3 +98,27 @@ fn restart_resumes_from_the_state_directory() {
     assert!(processor.stop().success());
     compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
 }
+
+/// Every topic in Avro single-object encoding: the same decisions as in JSON.
+#[test]
+fn avro_topics_give_the_same_decisions() {
+    let broker = Broker::mock(4, &[]);
+    let (input, expected) = scenario("owner-change");
+    produce_lines_as(&broker, &input, crmflow_codec::Encoding::Avro);
+    let state = tempfile::tempdir().unwrap();
+    let topics = [
+        "CRM_CHANGES",
+        "INTEGRATION_SETTINGS",
+        "TEAM_ASSIGNMENTS",
+        "USERS_PROVISIONED",
+        "ACTIVITIES_ACCEPTED",
+        "ACTIVITIES_IGNORED",
+    ];
+    let names: Vec<String> = topics.iter().map(|t| format!("CRMFLOW_ENCODING__{t}")).collect();
+    let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "avro")).collect();
+    let mut processor = Processor::start(&broker, &state.path().join("state"), "avro", &env);
+    let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(60));
+    assert!(processor.stop().success(), "{}", processor.logs());
+    assert!(actual.iter().all(|r| r.value.starts_with(&[0xC3, 0x01])), "outputs are Avro single-object encoded");
+    compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+}

@@ -144,6 +144,16 @@ mod tests {
     }
 
     #[test]
+    fn avro_records_decode_to_the_same_event() {
+        let json: serde_json::Value = serde_json::from_str(TEAM).unwrap();
+        let avro = SchemaRegistry::bundled().encode(&json).unwrap();
+        let from_avro = decode_input(InputStream::Teams, Some(b"c1"), &avro, Encoding::Avro).unwrap();
+        assert_eq!(from_avro, decode(InputStream::Teams, "c1", TEAM).unwrap());
+        let not_avro = decode_input(InputStream::Teams, Some(b"c1"), TEAM.as_bytes(), Encoding::Avro);
+        assert_eq!(not_avro.unwrap_err().kind, ErrorKind::Undecodable);
+    }
+
+    #[test]
     fn schema_errors_name_the_field() {
         let bad = r#"{"type":"CrmRecordChanged","event_id":"e","company_id":"c1","integration_id":"i","object_type":"O","object_id":"1","operation":"created","occurred_at":"2024-05-01T10:00:00Z","fields":{"Amount":{"nested":1}}}"#;
         let err = decode(InputStream::CrmChanges, "c1", bad).unwrap_err();

@@ -25,3 +25,21 @@ pub fn decode_output(payload: &[u8], encoding: Encoding) -> Result<OutputEvent, 
     };
     serde_json::from_value(value).map_err(|e| DecodeError::new(ErrorKind::SchemaViolation, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_round_trip_in_both_encodings() {
+        let event: OutputEvent = serde_json::from_str(
+            r#"{"type":"ActivityIgnored","event_id":"e","source_event_id":"s","reason":"user_not_synced","detail":"d",
+                "company_id":"c","integration_id":"i","workflow_id":"w","activity_type":"Sale","object_type":"O","object_id":"1"}"#,
+        )
+        .unwrap();
+        for encoding in [Encoding::Json, Encoding::Avro] {
+            let bytes = encode_output(&event, encoding).unwrap();
+            assert_eq!(decode_output(&bytes, encoding).unwrap(), event, "{encoding:?}");
+        }
+    }
+}

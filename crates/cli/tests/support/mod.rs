@@ -18,7 +18,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crmflow_codec::{Envelope, TopicNames};
+use crmflow_avro::SchemaRegistry;
+use crmflow_codec::{decode_output, Encoding, Envelope, TopicNames};
 
 /// The crmflow binary under test.
 pub const CRMFLOW: &str = env!("CARGO_BIN_EXE_crmflow");
@@ -226,12 +227,24 @@ impl Drop for Processor {
 /// Produces scenario lines: envelopes to their topics with their keys and timestamps; lines that are
 /// not envelopes go raw to the CRM changes topic; lines for topics crmflow does not read are skipped.
 pub fn produce_lines(broker: &Broker, lines: &[String]) {
+    produce_lines_as(broker, lines, Encoding::Json)
+}
+
+/// [`produce_lines`] with the event values in the given encoding.
+pub fn produce_lines_as(broker: &Broker, lines: &[String], encoding: Encoding) {
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &broker.address).create().unwrap();
     let topics = TopicNames::default();
     for line in lines {
         match serde_json::from_str::<Envelope>(line) {
             Ok(envelope) if topics.input_stream(&envelope.topic).is_some() => {
-                let payload = serde_json::to_vec(&envelope.value).unwrap();
+                let payload = match encoding {
+                    Encoding::Json => serde_json::to_vec(&envelope.value).unwrap(),
+                    // Values that do not fit the schema cannot be written as Avro; send their JSON,
+                    // which the Avro decoder rejects as not single-object encoded.
+                    Encoding::Avro => SchemaRegistry::bundled()
+                        .encode(&envelope.value)
+                        .unwrap_or_else(|_| serde_json::to_vec(&envelope.value).unwrap()),
+                };
                 let mut record: BaseRecord<'_, str, [u8]> =
                     BaseRecord::to(&envelope.topic).payload(&payload[..]).timestamp(envelope.timestamp);
                 if let Some(key) = &envelope.key {
@@ -391,7 +404,12 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
             }
             got_dead.push((r.key.clone(), r.headers.get("crmflow.error.kind").cloned().unwrap_or_default()));
         } else {
-            let value: Value = serde_json::from_slice(&r.value).map_err(|e| format!("output is not JSON: {e}"))?;
+            let value: Value = match serde_json::from_slice(&r.value) {
+                Ok(value) => value,
+                Err(_) => decode_output(&r.value, Encoding::Avro)
+                    .map(|event| serde_json::to_value(event).unwrap())
+                    .map_err(|e| format!("output is neither JSON nor Avro: {e}"))?,
+            };
             got.entry((r.topic.clone(), r.key.clone())).or_default().push((r.timestamp, value));
         }
     }
