@@ -1,7 +1,7 @@
 //! One partition's processing: records in, decisions made against its state store, records out.
 //! No Kafka here: the service hands records in and sends what comes back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, InputEvent, InputStream, Tally};
@@ -72,6 +72,17 @@ pub enum ProcessError {
     Encode(#[from] crmflow_codec::EncodeError),
 }
 
+/// What became of a consumed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Buffered for processing.
+    Buffered,
+    /// Dropped: the state store already reflects it.
+    AlreadyApplied,
+    /// Dropped: the store has not seen the records before it; consume again from this offset.
+    RewindTo(i64),
+}
+
 /// The merge buffer, state store and positions of one input partition.
 pub struct PartitionTask {
     partition: i32,
@@ -81,6 +92,8 @@ pub struct PartitionTask {
     committed: BTreeMap<String, i64>,
     // Next offset per input topic after the records processed since the last commit.
     processed: BTreeMap<String, i64>,
+    // Topics whose first consumed record was compared with the store's position.
+    checked: BTreeSet<String>,
 }
 
 impl PartitionTask {
@@ -93,7 +106,14 @@ impl PartitionTask {
             .filter(|p| p.partition == partition)
             .map(|p| (p.topic, p.next_offset))
             .collect();
-        Ok(PartitionTask { partition, store, merger: Merger::new(max_wait_ms), committed, processed: BTreeMap::new() })
+        Ok(PartitionTask {
+            partition,
+            store,
+            merger: Merger::new(max_wait_ms),
+            committed,
+            processed: BTreeMap::new(),
+            checked: BTreeSet::new(),
+        })
     }
 
     /// The partition number.
@@ -106,12 +126,21 @@ impl PartitionTask {
         self.committed.get(topic).copied()
     }
 
-    /// Buffers a record unless the store already reflects it (a redelivery after a crash).
-    pub fn push(&mut self, stream: InputStream, record: InputRecord, now: i64) {
-        if self.committed.get(&record.topic).is_some_and(|next| record.offset < *next) {
-            return;
+    /// Buffers a record, unless the store already reflects it (a redelivery after a crash) or
+    /// the store is behind it (the process died after Kafka committed, before the store did).
+    pub fn push(&mut self, stream: InputStream, record: InputRecord, now: i64) -> Admission {
+        if let Some(next) = self.committed.get(&record.topic).copied() {
+            if record.offset < next {
+                return Admission::AlreadyApplied;
+            }
+            // Only the first record of a topic is checked: later offsets may jump over
+            // transaction markers or compacted records, and one rewind is enough.
+            if self.checked.insert(record.topic.clone()) && record.offset > next {
+                return Admission::RewindTo(next);
+            }
         }
         self.merger.push(stream, record.timestamp, now, record);
+        Admission::Buffered
     }
 
     /// When the next buffered record may go at the latest.
@@ -223,5 +252,62 @@ pub fn decode_record(
         key: key.map(<[u8]>::to_vec),
         payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
         event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crmflow_store::StoreOptions;
+
+    fn record(offset: i64) -> InputRecord {
+        InputRecord {
+            topic: "crm.changes".into(),
+            offset,
+            timestamp: offset,
+            key: None,
+            payload: Vec::new(),
+            event: Err(DecodeError::new(ErrorKind::Undecodable, "test")),
+        }
+    }
+
+    fn task_at(dir: &std::path::Path, next_offset: i64) -> PartitionTask {
+        let mut store = StateStore::open(dir, StoreOptions::default()).unwrap();
+        store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }]).unwrap();
+        PartitionTask::new(0, store, 0).unwrap()
+    }
+
+    #[test]
+    fn records_the_store_already_reflects_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task_at(dir.path(), 10);
+        assert_eq!(task.push(InputStream::CrmChanges, record(9), 0), Admission::AlreadyApplied);
+        assert_eq!(task.push(InputStream::CrmChanges, record(10), 0), Admission::Buffered);
+        assert_eq!(
+            task.push(InputStream::CrmChanges, record(12), 0),
+            Admission::Buffered,
+            "gaps after the first are normal"
+        );
+    }
+
+    #[test]
+    fn a_store_behind_the_consumer_rewinds_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task_at(dir.path(), 10);
+        assert_eq!(task.push(InputStream::CrmChanges, record(15), 0), Admission::RewindTo(10));
+        assert_eq!(task.push(InputStream::CrmChanges, record(11), 0), Admission::Buffered, "after the rewind, accept");
+    }
+
+    #[test]
+    fn dead_letters_are_produced_with_their_source_and_advance_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task_at(dir.path(), 0);
+        task.push(InputStream::CrmChanges, record(0), 0);
+        let (mut out, mut progress) = (Vec::new(), Progress::default());
+        task.process_ready(0, &Config::default(), &mut out, &mut progress).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "crmflow.dlq");
+        assert!(out[0].headers.contains(&(crmflow_codec::dead_letter::HEADER_SOURCE_OFFSET, "0".to_string())));
+        assert_eq!(task.pending_positions()[0].next_offset, 1);
     }
 }

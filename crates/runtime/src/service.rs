@@ -10,6 +10,7 @@
 //! The state stores record which input offsets they reflect, so records redelivered after a
 //! crash are skipped rather than applied twice.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -28,7 +29,7 @@ use crmflow_store::{StateStore, StoreOptions};
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
 use crate::kafka::{DeliveryTracker, InputContext};
-use crate::processor::{decode_record, OutputRecord, PartitionTask, Progress};
+use crate::processor::{decode_record, Admission, OutputRecord, PartitionTask, Progress};
 use crate::report::{Counters, Samples};
 use crate::setup;
 use crate::shutdown::Shutdown;
@@ -68,19 +69,19 @@ fn now_ms() -> i64 {
 }
 
 impl Engine {
+    /// The task of a partition, opening its state store on first use.
     fn task(&mut self, partition: i32) -> Result<&mut PartitionTask, RunError> {
-        if !self.tasks.contains_key(&partition) {
-            let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
-            let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
-            let store = StateStore::open(&path, options)
-                .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
-            let task = PartitionTask::new(partition, store, self.config.max_wait_ms as i64)?;
-            tracing::info!(partition, path = %path.display(), "opened state store");
-            self.tasks.insert(partition, task);
+        match self.tasks.entry(partition) {
+            Entry::Occupied(task) => Ok(task.into_mut()),
+            Entry::Vacant(slot) => {
+                let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
+                let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
+                let store = StateStore::open(&path, options)
+                    .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
+                tracing::info!(partition, path = %path.display(), "opened state store");
+                Ok(slot.insert(PartitionTask::new(partition, store, self.config.max_wait_ms as i64)?))
+            }
         }
-        self.tasks
-            .get_mut(&partition)
-            .ok_or_else(|| RunError::Store { path: partition.to_string(), message: "task vanished".into() })
     }
 
     /// Processes what the merges release and hands the outputs to the producer.
@@ -278,7 +279,18 @@ pub fn run(
                 if let Some(stream) = config.topics.input_stream(m.topic()) {
                     let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
                     let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &config);
-                    engine.task(m.partition())?.push(stream, record, now_ms());
+                    if let Admission::RewindTo(offset) = engine.task(m.partition())?.push(stream, record, now_ms()) {
+                        // Kafka's offsets ran ahead of the store: replay what the store missed.
+                        tracing::warn!(
+                            topic = m.topic(),
+                            partition = m.partition(),
+                            offset,
+                            "state store is behind the committed offsets; consuming again from its position"
+                        );
+                        consumer
+                            .seek(m.topic(), m.partition(), Offset::Offset(offset), Duration::from_secs(10))
+                            .map_err(|e| RunError::kafka("rewinding to the state store's position", e))?;
+                    }
                 }
             }
             Some(Err(e)) => tracing::warn!("consumer: {e}"),
