@@ -1,40 +1,13 @@
 //! crmflow against librdkafka's mock cluster (`crmflow dev-broker`), exactly-once.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
 
 use support::*;
 
-macro_rules! scenario_tests {
-    ($($test:ident => $name:literal),* $(,)?) => {
-        $(
-            #[test]
-            fn $test() {
-                play_scenario(BrokerKind::Mock, $name);
-            }
-        )*
-
-        #[test]
-        fn every_scenario_directory_has_a_kafka_test() {
-            assert_eq!(scenario_names(), vec![$($name.to_string()),*]);
-        }
-    };
-}
-
-scenario_tests! {
-    auto_sync_off => "auto-sync-off",
-    bad_lines => "bad-lines",
-    companies_and_integrations => "companies-and-integrations",
-    conditions_no_longer_met => "conditions-no-longer-met",
-    delete => "delete",
-    duplicate_event_ids => "duplicate-event-ids",
-    inactive_and_deleted_workflows => "inactive-and-deleted-workflows",
-    operators => "operators",
-    owner_change => "owner-change",
-    seed_walkthrough => "seed-walkthrough",
-    workflows_and_teams => "workflows-and-teams",
-}
+scenario_tests!(BrokerKind::Mock);
 
 fn line(topic: &str, timestamp: i64, value: serde_json::Value) -> String {
     serde_json::json!({"topic": topic, "key": "acme", "timestamp": timestamp, "value": value}).to_string()

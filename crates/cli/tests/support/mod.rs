@@ -7,6 +7,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -232,9 +233,21 @@ pub fn produce_lines(broker: &Broker, lines: &[String]) {
 
 /// [`produce_lines`] with the event values in the given encoding.
 pub fn produce_lines_as(broker: &Broker, lines: &[String], encoding: Encoding) {
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &broker.address).create().unwrap();
+    produce_paced(&broker.address, lines, encoding, Duration::ZERO, &AtomicUsize::new(0));
+}
+
+/// Produces lines spread evenly over `over`, counting what was sent in `sent` (live traffic).
+pub fn produce_paced(address: &str, lines: &[String], encoding: Encoding, over: Duration, sent: &AtomicUsize) {
+    let started = Instant::now();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", address).create().unwrap();
     let topics = TopicNames::default();
-    for line in lines {
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(wait) =
+            (started + over.mul_f64(i as f64 / lines.len() as f64)).checked_duration_since(Instant::now())
+        {
+            producer.poll(wait);
+        }
+        sent.store(i + 1, Ordering::SeqCst);
         match serde_json::from_str::<Envelope>(line) {
             Ok(envelope) if topics.input_stream(&envelope.topic).is_some() => {
                 let payload = match encoding {
@@ -432,6 +445,39 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
         return Err(format!("unexpected outputs for {extra:?}: {:?}", got[extra]));
     }
     Ok(())
+}
+
+/// One test per scenario file on a broker kind, plus a check that no scenario lacks its test.
+#[allow(unused_macros)]
+macro_rules! scenario_tests {
+    ($kind:expr) => {
+        scenario_tests!($kind;
+            auto_sync_off => "auto-sync-off",
+            bad_lines => "bad-lines",
+            companies_and_integrations => "companies-and-integrations",
+            conditions_no_longer_met => "conditions-no-longer-met",
+            delete => "delete",
+            duplicate_event_ids => "duplicate-event-ids",
+            inactive_and_deleted_workflows => "inactive-and-deleted-workflows",
+            operators => "operators",
+            owner_change => "owner-change",
+            seed_walkthrough => "seed-walkthrough",
+            workflows_and_teams => "workflows-and-teams",
+        );
+    };
+    ($kind:expr; $($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                play_scenario($kind, $name);
+            }
+        )*
+
+        #[test]
+        fn every_scenario_directory_has_a_kafka_test() {
+            assert_eq!(scenario_names(), vec![$($name.to_string()),*]);
+        }
+    };
 }
 
 /// Plays one scenario through a fresh broker and processor and checks the outputs.
