@@ -26,7 +26,8 @@ pub struct Pace {
 pub fn write_lines(config: DemoConfig, count: usize, topics: &TopicNames, mut out: impl Write) -> Result<usize> {
     let mut written = 0;
     for event in DemoStream::new(config).take(count) {
-        writeln!(out, "{}", to_envelope_line(&event, topics)).context("writing generated events")?;
+        let line = to_envelope_line(&event, topics).context("encoding a generated event")?;
+        writeln!(out, "{line}").context("writing generated events")?;
         written += 1;
     }
     out.flush().context("writing generated events")?;

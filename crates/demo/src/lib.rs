@@ -26,9 +26,7 @@
 mod catalog;
 mod stream;
 
-use serde::Serialize;
-
-use crmflow_codec::TopicNames;
+use crmflow_codec::{Envelope, TopicNames};
 use crmflow_domain::InputEvent;
 
 pub use stream::DemoStream;
@@ -86,29 +84,15 @@ pub struct DemoEvent {
 /// The event as a JSON Lines record `{"topic","key","timestamp","value"}` (the
 /// [`crmflow_codec::Envelope`] form) on its input topic, keyed by its company, as `crmflow simulate`
 /// reads it.
-///
-/// # Panics
-///
-/// Never in practice: an [`InputEvent`] always serializes to JSON (all its maps have
-/// string keys and no field serializer can fail).
-pub fn to_envelope_line(e: &DemoEvent, topics: &TopicNames) -> String {
-    // Serialized straight from the event rather than through `Envelope`'s
-    // `serde_json::Value`, which would sort the members: this way `type` comes first
-    // and the other members in contract order, as in the scenario files people read.
-    #[derive(Serialize)]
-    struct Line<'a> {
-        topic: &'a str,
-        key: &'a str,
-        timestamp: i64,
-        value: &'a InputEvent,
-    }
-    let line = Line {
-        topic: topics.input_topic(e.event.stream()),
-        key: e.event.company_id(),
+pub fn to_envelope_line(e: &DemoEvent, topics: &TopicNames) -> Result<String, serde_json::Error> {
+    let envelope = Envelope {
+        topic: topics.input_topic(e.event.stream()).to_owned(),
+        key: Some(e.event.company_id().to_owned()),
         timestamp: e.timestamp_ms,
-        value: &e.event,
+        value: serde_json::to_value(&e.event)?,
+        headers: Default::default(),
     };
-    serde_json::to_string(&line).expect("input events always serialize to JSON")
+    serde_json::to_string(&envelope)
 }
 
 #[cfg(test)]

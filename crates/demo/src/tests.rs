@@ -140,7 +140,7 @@ fn the_stream_tells_the_whole_story() {
 fn envelope_lines_replay_as_the_same_events() {
     let topics = TopicNames::default();
     for e in generate(DemoConfig::default(), 500) {
-        let line = to_envelope_line(&e, &topics);
+        let line = to_envelope_line(&e, &topics).unwrap();
         // Readable like the scenario files: the event's type first.
         assert!(line.contains(r#""value":{"type":""#), "{line}");
         let envelope: Envelope = serde_json::from_str(&line).unwrap();
