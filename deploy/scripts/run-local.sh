@@ -24,7 +24,7 @@ if [[ -z "$brokers" ]]; then
   # The dev broker keeps nothing between runs, so local state starts empty too.
   rm -rf "$workdir/state"
   # The mock cluster holds a group for a departed member's whole session: keep it short.
-  export CRMFLOW_KAFKA__SESSION_TIMEOUT_MS=6000
+  export CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS=6000
   echo "crmflow: local development broker at $brokers (in memory)"
 fi
 

@@ -65,8 +65,12 @@ pub struct Config {
     pub topics: TopicNames,
     /// Value encoding per topic.
     pub encoding: TopicEncodings,
-    /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*, …).
+    /// librdkafka properties for every client, passed through as they are (security.protocol, sasl.*, ssl.*, …).
     pub kafka: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (session.timeout.ms, fetch.*, …).
+    pub kafka_consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (linger.ms, compression.type, …).
+    pub kafka_producer: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             topics: TopicNames::default(),
             encoding: TopicEncodings::default(),
             kafka: BTreeMap::new(),
+            kafka_consumer: BTreeMap::new(),
+            kafka_producer: BTreeMap::new(),
         }
     }
 }
@@ -216,16 +222,21 @@ impl Config {
                 return invalid(key, format!("`{name}` is also the name of {other}; every topic must be distinct"));
             }
         }
-        if let Some(key) = self.kafka.keys().find(|k| MANAGED_KAFKA_KEYS.contains(&k.as_str())) {
-            return invalid(
-                &format!("kafka.\"{key}\""),
-                "is set by crmflow itself (from brokers, application_id and processing_guarantee); remove it".into(),
-            );
+        for (table, properties) in
+            [("kafka", &self.kafka), ("kafka_consumer", &self.kafka_consumer), ("kafka_producer", &self.kafka_producer)]
+        {
+            if let Some(key) = properties.keys().find(|k| MANAGED_KAFKA_KEYS.contains(&k.as_str())) {
+                return invalid(
+                    &format!("{table}.\"{key}\""),
+                    "is set by crmflow itself (from brokers, application_id and processing_guarantee); remove it"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
 
-    /// Properties every client shares: brokers plus the pass-through table.
+    /// Properties every client shares: brokers plus the `kafka` table.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
@@ -235,9 +246,17 @@ impl Config {
         config
     }
 
+    fn client_config_with(&self, specific: &BTreeMap<String, String>) -> ClientConfig {
+        let mut config = self.client_config();
+        for (key, value) in specific {
+            config.set(key, value);
+        }
+        config
+    }
+
     /// The consumer: manual commits, from the earliest offset, committed data only under exactly-once.
     pub fn consumer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
+        let mut config = self.client_config_with(&self.kafka_consumer);
         config
             .set("group.id", &self.application_id)
             .set("enable.auto.commit", "false")
@@ -254,7 +273,7 @@ impl Config {
 
     /// The producer: idempotent always, transactional under exactly-once.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
+        let mut config = self.client_config_with(&self.kafka_producer);
         set_default(&mut config, "enable.idempotence", "true");
         set_default(&mut config, "linger.ms", "5");
         if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
@@ -297,7 +316,8 @@ fn is_kafka_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Sets `A__B__C` (lower-cased) in the table; under `kafka`, `_` in the last part becomes `.`.
+/// Sets `A__B__C` (lower-cased) in the table; under the librdkafka tables, `_` in the last part
+/// becomes `.` (librdkafka property names have dots, never underscores).
 fn set_override(table: &mut toml::Table, path: &str, value: String) {
     let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
     let Some((last, parents)) = parts.split_last() else { return };
@@ -310,7 +330,8 @@ fn set_override(table: &mut toml::Table, path: &str, value: String) {
         let toml::Value::Table(next) = entry else { return };
         current = next;
     }
-    let key = if parents.first().map(String::as_str) == Some("kafka") { last.replace('_', ".") } else { last.clone() };
+    let librdkafka = matches!(parents.first().map(String::as_str), Some("kafka" | "kafka_consumer" | "kafka_producer"));
+    let key = if librdkafka { last.replace('_', ".") } else { last.clone() };
     let value = match value.parse::<i64>() {
         Ok(n) if NUMERIC_KEYS.contains(&key.as_str()) => toml::Value::Integer(n),
         _ => toml::Value::String(value),
@@ -346,6 +367,7 @@ mod tests {
                 ("CRMFLOW_TOPICS__DEAD_LETTERS", "dlq"),
                 ("CRMFLOW_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
                 ("CRMFLOW_ENCODING__CRM_CHANGES", "avro"),
+                ("CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS", "6000"),
             ],
         )
         .unwrap();
@@ -355,6 +377,9 @@ mod tests {
         assert_eq!(config.topics.dead_letters, "dlq");
         assert_eq!(config.kafka["security.protocol"], "SASL_SSL");
         assert_eq!(config.encoding.crm_changes, Encoding::Avro);
+        assert_eq!(config.kafka_consumer["session.timeout.ms"], "6000");
+        assert_eq!(config.consumer_config().get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.producer_config().get("session.timeout.ms"), None);
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Processor {
             .env("CRMFLOW_MAX_WAIT_MS", "1000")
             .env("CRMFLOW_STARTUP_TIMEOUT_MS", "20000")
             // A restarted or killed member's old session must not hold the group for the default 45 s.
-            .env("CRMFLOW_KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS", "6000")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());
         for (k, v) in env {
