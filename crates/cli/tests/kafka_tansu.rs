@@ -95,3 +95,23 @@ fn sigkill_mid_stream_then_restart_loses_and_changes_nothing() {
     );
     assert!(by_id == want, "outputs differ from the uninterrupted run");
 }
+
+/// Output and dead-letter topics that do not exist are created with the inputs' partition count.
+#[test]
+fn missing_output_topics_are_created_like_the_inputs() {
+    let broker = Broker::tansu_bare(3);
+    let topics = crmflow_codec::TopicNames::default();
+    let inputs: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
+    broker.create_topics(&inputs, 3);
+    let (input, expected) = scenario("bad-lines");
+    produce_lines(&broker, &input);
+    let state = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(&broker, &state.path().join("state"), "create-outputs", &[]);
+    let actual = consume_outputs(&broker, reproducible(&expected).len(), Duration::from_secs(60));
+    assert!(processor.stop().success(), "{}", processor.logs());
+    let counts = broker.partition_counts();
+    for topic in topics.outputs() {
+        assert_eq!(counts.get(topic), Some(&3), "{topic} in {counts:?}\n{}", processor.logs());
+    }
+    compare(&reproducible(&expected), &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+}

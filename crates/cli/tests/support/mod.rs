@@ -94,6 +94,16 @@ impl Broker {
 
     /// Starts tansu (SQLite engine) on a free port and creates crmflow's topics.
     pub fn tansu(partitions: i32) -> Broker {
+        let broker = Broker::tansu_bare(partitions);
+        let topics = TopicNames::default();
+        let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
+        names.extend(topics.outputs().iter().map(|t| t.to_string()));
+        broker.create_topics(&names, partitions);
+        broker
+    }
+
+    /// Starts tansu (SQLite engine) on a free port with no topics.
+    pub fn tansu_bare(partitions: i32) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("state")).unwrap();
         let port = free_port();
@@ -115,6 +125,18 @@ impl Broker {
         names.extend(topics.outputs().iter().map(|t| t.to_string()));
         broker.create_topics(&names, partitions);
         broker
+    }
+
+    /// Partition count of each topic that exists, by name.
+    pub fn partition_counts(&self) -> BTreeMap<String, usize> {
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .collect()
     }
 
     /// Creates topics through the admin API (tansu; the mock cluster cannot).
