@@ -24,5 +24,5 @@ fi
 
 if $want_tansu && ! command -v tansu >/dev/null 2>&1; then
   echo "install-deps: installing the tansu broker (cargo install, once)" >&2
-  cargo install tansu --locked --features libsql --quiet
+  cargo install tansu --version 0.6.0 --locked --features libsql --quiet
 fi
