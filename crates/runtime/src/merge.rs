@@ -74,11 +74,6 @@ impl<T> Merger<T> {
         self.len() == 0
     }
 
-    /// Drops everything buffered (the partition was revoked).
-    pub fn clear(&mut self) {
-        self.queues.iter_mut().for_each(VecDeque::clear);
-    }
-
     fn head(&self) -> Option<usize> {
         (0..3).filter_map(|i| self.queues[i].front().map(|b| (b.timestamp, i))).min().map(|(_, i)| i)
     }

@@ -116,16 +116,6 @@ impl PartitionTask {
         })
     }
 
-    /// The partition number.
-    pub fn partition(&self) -> i32 {
-        self.partition
-    }
-
-    /// Where the store says consumption of a topic should resume, if it knows.
-    pub fn committed_position(&self, topic: &str) -> Option<i64> {
-        self.committed.get(topic).copied()
-    }
-
     /// Buffers a record, unless the store already reflects it (a redelivery after a crash) or
     /// the store is behind it (the process died after Kafka committed, before the store did).
     pub fn push(&mut self, stream: InputStream, record: InputRecord, now: i64) -> Admission {
@@ -221,13 +211,6 @@ impl PartitionTask {
         self.store.commit(&positions).map_err(|source| ProcessError::Store { partition: self.partition, source })?;
         self.committed.extend(std::mem::take(&mut self.processed));
         Ok(())
-    }
-
-    /// Forgets uncommitted work: buffered records and staged state (partition revoked, transaction aborted).
-    pub fn discard(&mut self) {
-        self.merger.clear();
-        self.store.discard_staged();
-        self.processed.clear();
     }
 }
 

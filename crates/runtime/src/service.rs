@@ -189,9 +189,7 @@ impl Engine {
             tracing::error!("commit before revocation failed: {e}");
             self.failure.get_or_insert(e);
         }
-        for task in self.tasks.values_mut() {
-            task.discard();
-        }
+        // Dropping a task closes its store; anything uncommitted is redone by the next owner.
         self.tasks.clear();
         tracing::info!("partitions revoked; state stores closed");
     }
