@@ -65,3 +65,23 @@ fn a_missing_input_topic_is_named() {
     let output = run(&[], &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__CRM_CHANGES", "nope.changes")]);
     assert_fails_with(&output, "nope.changes");
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let state = tempfile::tempdir().unwrap();
+    let output = Command::new(CRMFLOW)
+        .args(["--log-format", "json", "run"])
+        .env("CRMFLOW_STATE_DIR", state.path())
+        .env("CRMFLOW_BROKERS", format!("127.0.0.1:{port}"))
+        .env("CRMFLOW_STARTUP_TIMEOUT_MS", "1000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let logs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!logs.is_empty(), "no JSON log lines in:\n{stderr}");
+    for line in logs {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+    }
+}
