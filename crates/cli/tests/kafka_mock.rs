@@ -100,3 +100,35 @@ fn avro_topics_give_the_same_decisions() {
     assert!(actual.iter().all(|r| r.value.starts_with(&[0xC3, 0x01])), "outputs are Avro single-object encoded");
     compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
 }
+
+/// A lost state directory is rebuilt from the input topics, without publishing anything twice.
+/// At-least-once: the mock cluster does not keep offsets committed inside transactions.
+#[test]
+fn a_lost_state_directory_is_rebuilt_from_the_inputs() {
+    let broker = Broker::mock(2, &[]);
+    let state = tempfile::tempdir().unwrap();
+    let (input, expected) = scenario("seed-walkthrough");
+    let (first, rest) = input.split_at(4);
+    produce_lines(&broker, first);
+    let mut processor = Processor::start(
+        &broker,
+        &state.path().join("state"),
+        "rebuild",
+        &[("CRMFLOW_PROCESSING_GUARANTEE", "at_least_once")],
+    );
+    assert_eq!(consume_outputs(&broker, 2, Duration::from_secs(30)).len(), 2);
+    assert!(processor.stop().success(), "{}", processor.logs());
+    std::fs::remove_dir_all(state.path().join("state")).unwrap();
+
+    produce_lines(&broker, rest);
+    let mut processor = Processor::start(
+        &broker,
+        &state.path().join("state"),
+        "rebuild",
+        &[("CRMFLOW_PROCESSING_GUARANTEE", "at_least_once")],
+    );
+    let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(30));
+    assert!(processor.stop().success());
+    assert!(processor.logs().contains("rebuilding"), "{}", processor.logs());
+    compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+}

@@ -52,6 +52,8 @@ pub struct Progress {
     pub dead_letters: BTreeMap<ErrorKind, u64>,
     /// Input records processed.
     pub records: u64,
+    /// Of those, records replayed only to rebuild lost state (their outputs were published before).
+    pub replayed: u64,
     /// Recent outputs in words, for operators watching.
     pub samples: Samples,
 }
@@ -94,25 +96,41 @@ pub struct PartitionTask {
     processed: BTreeMap<String, i64>,
     // Topics whose first consumed record was compared with the store's position.
     checked: BTreeSet<String>,
+    // Per topic the store knew nothing of: the group's committed offset. Records below it were
+    // published before, so replaying them rebuilds state without publishing again.
+    replay_until: BTreeMap<String, i64>,
 }
 
 impl PartitionTask {
-    /// Wraps an opened store of a partition.
-    pub fn new(partition: i32, store: StateStore, max_wait_ms: i64) -> Result<Self, ProcessError> {
-        let committed = store
+    /// Wraps an opened store of a partition; `group_offsets` are the consumer group's committed
+    /// offsets of the partition's input topics.
+    pub fn new(
+        partition: i32,
+        store: StateStore,
+        max_wait_ms: i64,
+        group_offsets: &BTreeMap<String, i64>,
+    ) -> Result<Self, ProcessError> {
+        let committed: BTreeMap<String, i64> = store
             .positions()
             .map_err(|source| ProcessError::Store { partition, source })?
             .into_iter()
             .filter(|p| p.partition == partition)
             .map(|p| (p.topic, p.next_offset))
             .collect();
+        let replay_until: BTreeMap<String, i64> = group_offsets
+            .iter()
+            .filter(|(topic, offset)| **offset > 0 && !committed.contains_key(*topic))
+            .map(|(topic, offset)| (topic.clone(), *offset))
+            .collect();
+        let checked = replay_until.keys().cloned().collect();
         Ok(PartitionTask {
             partition,
             store,
             merger: Merger::new(max_wait_ms),
             committed,
             processed: BTreeMap::new(),
-            checked: BTreeSet::new(),
+            checked,
+            replay_until,
         })
     }
 
@@ -131,6 +149,14 @@ impl PartitionTask {
         }
         self.merger.push(stream, record.timestamp, now, record);
         Admission::Buffered
+    }
+
+    /// Input topics the store knows nothing of although the consumer group committed offsets
+    /// for them (the state directory was lost, or the partition moved here): consume them again
+    /// from the start, and their records below the group's offsets rebuild state without
+    /// publishing again.
+    pub fn rebuild_topics(&self) -> impl Iterator<Item = &str> {
+        self.replay_until.keys().map(String::as_str)
     }
 
     /// When the next buffered record may go at the latest.
@@ -161,8 +187,13 @@ impl PartitionTask {
     ) -> Result<(), ProcessError> {
         progress.records += 1;
         self.processed.insert(record.topic.clone(), record.offset + 1);
+        let replaying = self.replay_until.get(&record.topic).is_some_and(|until| record.offset < *until);
+        if replaying {
+            progress.replayed += 1;
+        }
         let event = match record.event {
             Ok(event) => event,
+            Err(_) if replaying => return Ok(()),
             Err(error) => {
                 *progress.dead_letters.entry(error.kind).or_default() += 1;
                 let source = Source::Record { topic: record.topic, partition: self.partition, offset: record.offset };
@@ -180,6 +211,9 @@ impl PartitionTask {
         let partition = self.partition;
         let decision = decide(&self.store, &event).map_err(|source| ProcessError::Store { partition, source })?;
         self.store.stage(&decision.changes).map_err(|source| ProcessError::Store { partition, source })?;
+        if replaying {
+            return Ok(());
+        }
         progress.tally.add(&decision.tally);
         for output in &decision.outputs {
             progress.samples.note(output);
@@ -257,7 +291,7 @@ mod tests {
     fn task_at(dir: &std::path::Path, next_offset: i64) -> PartitionTask {
         let mut store = StateStore::open(dir, StoreOptions::default()).unwrap();
         store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }]).unwrap();
-        PartitionTask::new(0, store, 0).unwrap()
+        PartitionTask::new(0, store, 0, &BTreeMap::new()).unwrap()
     }
 
     #[test]
@@ -279,6 +313,23 @@ mod tests {
         let mut task = task_at(dir.path(), 10);
         assert_eq!(task.push(InputStream::CrmChanges, record(15), 0), Admission::RewindTo(10));
         assert_eq!(task.push(InputStream::CrmChanges, record(11), 0), Admission::Buffered, "after the rewind, accept");
+    }
+
+    #[test]
+    fn a_store_that_lost_its_state_rebuilds_without_publishing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let group = BTreeMap::from([("crm.changes".to_string(), 2)]);
+        let mut task = PartitionTask::new(0, store, 0, &group).unwrap();
+        assert_eq!(task.rebuild_topics().collect::<Vec<_>>(), vec!["crm.changes"]);
+        for offset in 0..3 {
+            assert_eq!(task.push(InputStream::CrmChanges, record(offset), 0), Admission::Buffered);
+        }
+        let (mut out, mut progress) = (Vec::new(), Progress::default());
+        task.process_ready(0, &Config::default(), &mut out, &mut progress).unwrap();
+        assert_eq!(progress.replayed, 2);
+        assert_eq!(out.len(), 1, "only the record at the group's offset is published: {out:?}");
+        assert_eq!(out[0].headers.iter().find(|(k, _)| k.ends_with("offset")).unwrap().1, "2");
     }
 
     #[test]

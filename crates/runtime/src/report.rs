@@ -10,6 +10,8 @@ use crmflow_domain::{OutputEvent, Tally};
 pub struct Counters {
     /// Input records processed.
     pub records: u64,
+    /// Of those, records replayed only to rebuild lost state.
+    pub replayed: u64,
     /// What the core decided.
     pub tally: Tally,
     /// Dead letters per kind.
@@ -27,8 +29,9 @@ impl Counters {
         let ignored: Vec<String> = t.ignored.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
         let dead: u64 = self.dead_letters.values().sum();
         format!(
-            "{} records | provisioned {} | accepted {} (recorded {}, revised {}, retracted {}) | ignored {}{} | unmatched {} | duplicates {} | dead letters {} | lag {}",
+            "{} records{} | provisioned {} | accepted {} (recorded {}, revised {}, retracted {}) | ignored {}{} | unmatched {} | duplicates {} | dead letters {} | lag {}",
             self.records,
+            if self.replayed > 0 { format!(" ({} replayed to rebuild state)", self.replayed) } else { String::new() },
             t.users_provisioned,
             t.recorded + t.revised + t.retracted,
             t.recorded,
@@ -51,6 +54,7 @@ impl Counters {
             out += &format!("crmflow_{name}{labels} {value}\n");
         };
         metric("input_records_total", "", self.records as i64);
+        metric("replayed_records_total", "", self.replayed as i64);
         metric("crm_changes_total", "{result=\"matched\"}", t.matched as i64);
         metric("crm_changes_total", "{result=\"unmatched\"}", t.unmatched as i64);
         metric("crm_changes_total", "{result=\"duplicate\"}", t.duplicates as i64);

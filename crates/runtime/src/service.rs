@@ -70,7 +70,7 @@ fn now_ms() -> i64 {
 
 impl Engine {
     /// The task of a partition, opening its state store on first use.
-    fn task(&mut self, partition: i32) -> Result<&mut PartitionTask, RunError> {
+    fn task(&mut self, partition: i32, consumer: &BaseConsumer<InputContext>) -> Result<&mut PartitionTask, RunError> {
         match self.tasks.entry(partition) {
             Entry::Occupied(task) => Ok(task.into_mut()),
             Entry::Vacant(slot) => {
@@ -78,8 +78,21 @@ impl Engine {
                 let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
                 let store = StateStore::open(&path, options)
                     .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
+                let group_offsets = group_offsets(consumer, &self.config, partition)?;
                 tracing::info!(partition, path = %path.display(), "opened state store");
-                Ok(slot.insert(PartitionTask::new(partition, store, self.config.max_wait_ms as i64)?))
+                let task = PartitionTask::new(partition, store, self.config.max_wait_ms as i64, &group_offsets)?;
+                for topic in task.rebuild_topics() {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "state store has no record of this input; rebuilding it from the start of the topic \
+                         (without publishing again what was published before)"
+                    );
+                    consumer
+                        .seek(topic, partition, Offset::Beginning, CLIENT_TIMEOUT)
+                        .map_err(|e| RunError::kafka(format!("rewinding {topic} [{partition}] to rebuild state"), e))?;
+                }
+                Ok(slot.insert(task))
             }
         }
     }
@@ -197,6 +210,7 @@ impl Engine {
     fn counters(&self, lag: i64) -> Counters {
         Counters {
             records: self.progress.records,
+            replayed: self.progress.replayed,
             tally: self.progress.tally.clone(),
             dead_letters: self.progress.dead_letters.clone(),
             lag,
@@ -207,6 +221,29 @@ impl Engine {
     fn next_deadline(&self) -> Option<i64> {
         self.tasks.values().filter_map(PartitionTask::next_deadline).min()
     }
+}
+
+/// The consumer group's committed offsets of one partition of the input topics.
+fn group_offsets(
+    consumer: &BaseConsumer<InputContext>,
+    config: &Config,
+    partition: i32,
+) -> Result<BTreeMap<String, i64>, RunError> {
+    let mut wanted = TopicPartitionList::new();
+    for (_, topic) in config.topics.inputs() {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, CLIENT_TIMEOUT)
+        .map_err(|e| RunError::kafka(format!("reading the group's committed offsets of partition {partition}"), e))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some((e.topic().to_owned(), offset)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
@@ -277,16 +314,29 @@ pub fn run(
                 if let Some(stream) = config.topics.input_stream(m.topic()) {
                     let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
                     let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &config);
-                    if let Admission::RewindTo(offset) = engine.task(m.partition())?.push(stream, record, now_ms()) {
-                        // Kafka's offsets ran ahead of the store: replay what the store missed.
-                        tracing::warn!(
-                            topic = m.topic(),
-                            partition = m.partition(),
-                            offset,
-                            "state store is behind the committed offsets; consuming again from its position"
-                        );
+                    let opening = !engine.tasks.contains_key(&m.partition());
+                    let task = engine.task(m.partition(), &consumer)?;
+                    let admission = if opening && task.rebuild_topics().any(|t| t == m.topic()) {
+                        // Fetched from the group's offset before the rebuild's rewind: it comes again, in order.
+                        Admission::AlreadyApplied
+                    } else {
+                        task.push(stream, record, now_ms())
+                    };
+                    let rewind = match admission {
+                        Admission::RewindTo(offset) => {
+                            tracing::warn!(
+                                topic = m.topic(),
+                                partition = m.partition(),
+                                offset,
+                                "state store is behind the committed offsets; consuming again from its position"
+                            );
+                            Some(Offset::Offset(offset))
+                        }
+                        Admission::Buffered | Admission::AlreadyApplied => None,
+                    };
+                    if let Some(offset) = rewind {
                         consumer
-                            .seek(m.topic(), m.partition(), Offset::Offset(offset), Duration::from_secs(10))
+                            .seek(m.topic(), m.partition(), offset, Duration::from_secs(10))
                             .map_err(|e| RunError::kafka("rewinding to the state store's position", e))?;
                     }
                 }
