@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -95,6 +95,32 @@ impl Engine {
                 Ok(slot.insert(task))
             }
         }
+    }
+
+    /// Routes a consumed input record to its partition's task, rewinding the consumer where the
+    /// partition's store needs records again.
+    fn admit(&mut self, consumer: &BaseConsumer<InputContext>, m: &BorrowedMessage<'_>) -> Result<(), RunError> {
+        let Some(stream) = self.config.topics.input_stream(m.topic()) else { return Ok(()) };
+        let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
+        let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &self.config);
+        let opening = !self.tasks.contains_key(&m.partition());
+        let task = self.task(m.partition(), consumer)?;
+        if opening && task.rebuild_topics().any(|t| t == m.topic()) {
+            // Fetched from the group's offset before the rebuild's rewind: it comes again, in order.
+            return Ok(());
+        }
+        if let Admission::RewindTo(offset) = task.push(stream, record, now_ms()) {
+            tracing::warn!(
+                topic = m.topic(),
+                partition = m.partition(),
+                offset,
+                "state store is behind the committed offsets; consuming again from its position"
+            );
+            consumer
+                .seek(m.topic(), m.partition(), Offset::Offset(offset), CLIENT_TIMEOUT)
+                .map_err(|e| RunError::kafka("rewinding to the state store's position", e))?;
+        }
+        Ok(())
     }
 
     /// Processes what the merges release and hands the outputs to the producer.
@@ -310,37 +336,7 @@ pub fn run(
             return Err(failure);
         }
         match message {
-            Some(Ok(m)) => {
-                if let Some(stream) = config.topics.input_stream(m.topic()) {
-                    let timestamp = m.timestamp().to_millis().unwrap_or_else(now_ms);
-                    let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &config);
-                    let opening = !engine.tasks.contains_key(&m.partition());
-                    let task = engine.task(m.partition(), &consumer)?;
-                    let admission = if opening && task.rebuild_topics().any(|t| t == m.topic()) {
-                        // Fetched from the group's offset before the rebuild's rewind: it comes again, in order.
-                        Admission::AlreadyApplied
-                    } else {
-                        task.push(stream, record, now_ms())
-                    };
-                    let rewind = match admission {
-                        Admission::RewindTo(offset) => {
-                            tracing::warn!(
-                                topic = m.topic(),
-                                partition = m.partition(),
-                                offset,
-                                "state store is behind the committed offsets; consuming again from its position"
-                            );
-                            Some(Offset::Offset(offset))
-                        }
-                        Admission::Buffered | Admission::AlreadyApplied => None,
-                    };
-                    if let Some(offset) = rewind {
-                        consumer
-                            .seek(m.topic(), m.partition(), offset, Duration::from_secs(10))
-                            .map_err(|e| RunError::kafka("rewinding to the state store's position", e))?;
-                    }
-                }
-            }
+            Some(Ok(m)) => engine.admit(&consumer, &m)?,
             Some(Err(e)) => tracing::warn!("consumer: {e}"),
             None => {}
         }
