@@ -3,6 +3,7 @@
 #[macro_use]
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use support::*;
@@ -57,24 +58,34 @@ fn inputs_are_merged_by_timestamp_not_arrival() {
     assert_eq!(late[0]["team_id"], "oslo");
 }
 
-/// A restart reuses the state directory: nothing is re-emitted, and state carries over.
-#[test]
-fn restart_resumes_from_the_state_directory() {
+/// Runs the seed walk-through in two parts, with `between` done while the processor is stopped,
+/// and checks the outputs of both runs together.
+fn two_runs(application_id: &str, env: &[(&str, &str)], between: impl FnOnce(&Path)) -> String {
     let broker = Broker::mock(2, &[]);
     let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
     let (input, expected) = scenario("seed-walkthrough");
     let (first, rest) = input.split_at(4);
     produce_lines(&broker, first);
-    let mut processor = Processor::start(&broker, &state.path().join("state"), "restart", &[]);
+    let mut processor = Processor::start(&broker, &state_dir, application_id, env);
     assert_eq!(consume_outputs(&broker, 2, Duration::from_secs(30)).len(), 2);
     assert!(processor.stop().success(), "{}", processor.logs());
-    assert!(state.path().join("state").read_dir().unwrap().next().is_some(), "state directory was written");
+    between(&state_dir);
 
     produce_lines(&broker, rest);
-    let mut processor = Processor::start(&broker, &state.path().join("state"), "restart", &[]);
+    let mut processor = Processor::start(&broker, &state_dir, application_id, env);
     let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(30));
-    assert!(processor.stop().success());
+    assert!(processor.stop().success(), "{}", processor.logs());
     compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+    processor.logs()
+}
+
+/// A restart reuses the state directory: nothing is re-emitted, and state carries over.
+#[test]
+fn restart_resumes_from_the_state_directory() {
+    two_runs("restart", &[], |state_dir| {
+        assert!(state_dir.read_dir().unwrap().next().is_some(), "state directory was written");
+    });
 }
 
 /// Every topic in Avro single-object encoding: the same decisions as in JSON.
@@ -105,30 +116,8 @@ fn avro_topics_give_the_same_decisions() {
 /// At-least-once: the mock cluster does not keep offsets committed inside transactions.
 #[test]
 fn a_lost_state_directory_is_rebuilt_from_the_inputs() {
-    let broker = Broker::mock(2, &[]);
-    let state = tempfile::tempdir().unwrap();
-    let (input, expected) = scenario("seed-walkthrough");
-    let (first, rest) = input.split_at(4);
-    produce_lines(&broker, first);
-    let mut processor = Processor::start(
-        &broker,
-        &state.path().join("state"),
-        "rebuild",
-        &[("CRMFLOW_PROCESSING_GUARANTEE", "at_least_once")],
-    );
-    assert_eq!(consume_outputs(&broker, 2, Duration::from_secs(30)).len(), 2);
-    assert!(processor.stop().success(), "{}", processor.logs());
-    std::fs::remove_dir_all(state.path().join("state")).unwrap();
-
-    produce_lines(&broker, rest);
-    let mut processor = Processor::start(
-        &broker,
-        &state.path().join("state"),
-        "rebuild",
-        &[("CRMFLOW_PROCESSING_GUARANTEE", "at_least_once")],
-    );
-    let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(30));
-    assert!(processor.stop().success());
-    assert!(processor.logs().contains("rebuilding"), "{}", processor.logs());
-    compare(&expected, &actual).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+    let logs = two_runs("rebuild", &[("CRMFLOW_PROCESSING_GUARANTEE", "at_least_once")], |state_dir| {
+        std::fs::remove_dir_all(state_dir).unwrap();
+    });
+    assert!(logs.contains("rebuilding"), "{logs}");
 }
