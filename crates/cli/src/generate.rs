@@ -9,6 +9,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crmflow_codec::{Encoding, TopicNames};
 use crmflow_demo::{to_envelope_line, DemoConfig, DemoStream};
+use crmflow_runtime::kafka::send_waiting;
 use crmflow_runtime::Shutdown;
 
 /// How much to generate, and how fast.
@@ -71,21 +72,9 @@ pub fn publish(
                 .context("encoding a demo event as Avro")?,
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let mut record: BaseRecord<'_, str, [u8]> =
+        let record: BaseRecord<'_, str, [u8]> =
             BaseRecord::to(topic).key(event.company_id()).payload(&payload[..]).timestamp(now);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                    record = back;
-                }
-                Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic} at {brokers}")),
-            }
-        }
+        send_waiting(&producer, record).with_context(|| format!("producing to {topic} at {brokers}"))?;
         sent += 1;
     }
     producer.flush(Duration::from_secs(30)).context("flushing generated events")?;

@@ -4,8 +4,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::service::Engine;
@@ -36,6 +39,26 @@ impl ProducerContext for DeliveryTracker {
             if let Ok(mut last) = self.last_error.lock() {
                 *last = Some(error.to_string());
             }
+        }
+    }
+}
+
+/// Hands a record to the producer, waiting while its local queue is full (back-pressure).
+pub fn send_waiting<C, K, P>(producer: &ThreadedProducer<C>, mut record: BaseRecord<'_, K, P, ()>) -> KafkaResult<()>
+where
+    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                // Let deliveries drain, then retry the same record.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -18,17 +18,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crmflow_store::{StateStore, StoreOptions};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
-use crate::kafka::{DeliveryTracker, InputContext};
+use crate::kafka::{send_waiting, DeliveryTracker, InputContext};
 use crate::processor::{decode_record, Admission, OutputRecord, PartitionTask, Progress};
 use crate::report::{Counters, Samples};
 use crate::setup;
@@ -151,17 +149,7 @@ impl Engine {
         if let Some(key) = &record.key {
             base = base.key(&key[..]);
         }
-        loop {
-            match self.producer.send(base) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: let deliveries drain, then retry the same record.
-                    std::thread::sleep(Duration::from_millis(5));
-                    base = back;
-                }
-                Err((e, _)) => return Err(RunError::kafka(format!("producing to {}", record.topic), e)),
-            }
-        }
+        send_waiting(&self.producer, base).map_err(|e| RunError::kafka(format!("producing to {}", record.topic), e))
     }
 
     /// Makes processed work durable: outputs, then state with positions, then offsets.
