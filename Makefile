@@ -4,22 +4,21 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/crmflow/target
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CRMFLOW := $(CARGO_TARGET_DIR)/debug/crmflow
-# Set BROKERS=host:9092 to run against an existing Kafka cluster instead of the local one.
+# Set BROKERS=host:9092 to run against an existing Kafka cluster instead of the local one,
+# or BROKER=mock for librdkafka's in-memory mock cluster (no Java needed; no real transactions).
 BROKERS ?=
+BROKER ?= kafka
 # Events per second of the demo stream.
 RATE ?= 20
 
-.PHONY: all deps test-deps build lint unit test run simulate bench fmt
+.PHONY: all deps build lint unit test run simulate bench fmt
 
 all: build
 
-# System packages for the native builds (RocksDB, librdkafka).
+# System packages for the native builds (RocksDB, librdkafka), and Apache Kafka's broker jars
+# (with Java and Maven) for the tests and `make run`.
 deps:
-	@deploy/scripts/install-deps.sh
-
-# Also the tansu broker, which the tests run against.
-test-deps:
-	@deploy/scripts/install-deps.sh --tansu
+	@deploy/scripts/install-deps.sh --kafka
 
 build: deps
 	cargo build --workspace --all-targets
@@ -28,14 +27,14 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit: test-deps
+unit: deps
 	cargo test --workspace
 
 test: lint unit
 
 run: deps
 	cargo build -p crmflow
-	BROKERS=$(BROKERS) RATE=$(RATE) deploy/scripts/run-local.sh $(CRMFLOW)
+	BROKERS=$(BROKERS) BROKER=$(BROKER) RATE=$(RATE) deploy/scripts/run-local.sh $(CRMFLOW)
 
 simulate: deps
 	cargo build -p crmflow

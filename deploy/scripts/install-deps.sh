@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing crmflow needs, and nothing twice:
 # Debian packages for the native builds (RocksDB's bindings need libclang; librdkafka
-# builds with make, a C compiler, zlib and OpenSSL headers) and, with --tansu, the tansu broker.
+# builds with make, a C compiler, zlib and OpenSSL headers) and, on request:
+#   --kafka   the jars of a real Apache Kafka broker, with Java and Maven (deploy/kafka/kafka.sh install)
 set -euo pipefail
 
-want_tansu=false
-[[ "${1:-}" == "--tansu" ]] && want_tansu=true
+want_kafka=false
+for arg in "$@"; do
+  case $arg in
+    --kafka) want_kafka=true ;;
+    *) echo "install-deps: unknown option $arg (known: --kafka)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
@@ -22,7 +28,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if $want_tansu && ! command -v tansu >/dev/null 2>&1; then
-  echo "install-deps: installing the tansu broker (cargo install, once)" >&2
-  cargo install tansu --version 0.6.0 --locked --features libsql --quiet
+if $want_kafka; then
+  # Idempotent and quick once done; installs java and maven itself if they are missing.
+  "$(dirname "${BASH_SOURCE[0]}")/../kafka/kafka.sh" install
 fi

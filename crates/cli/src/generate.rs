@@ -8,7 +8,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crmflow_codec::{Encoding, TopicNames};
-use crmflow_demo::{to_envelope_line, DemoConfig, DemoStream};
+use crmflow_demo::{to_envelope_line, BadRecords, DemoConfig, DemoStream};
 use crmflow_runtime::kafka::send_waiting;
 use crmflow_runtime::Shutdown;
 
@@ -21,18 +21,41 @@ pub struct Pace {
     pub count: Option<usize>,
     /// Stop after this long, if set.
     pub duration: Option<Duration>,
+    /// About this share of the records (0 to 1) are malformed, on top of the events.
+    pub bad_ratio: f64,
 }
 
-/// Writes `count` events of the demo stream as simulate/scenario JSON Lines.
-pub fn write_lines(config: DemoConfig, count: usize, topics: &TopicNames, mut out: impl Write) -> Result<usize> {
-    let mut written = 0;
+/// How many records were generated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// Events of the demo stream.
+    pub events: usize,
+    /// Malformed records mixed in.
+    pub bad: usize,
+}
+
+/// Writes `count` events of the demo stream as simulate/scenario JSON Lines, with about
+/// `bad_ratio` malformed records mixed in.
+pub fn write_lines(
+    config: DemoConfig,
+    count: usize,
+    bad_ratio: f64,
+    topics: &TopicNames,
+    mut out: impl Write,
+) -> Result<Generated> {
+    let mut generated = Generated::default();
+    let mut bad = BadRecords::new(config.seed, bad_ratio);
     for event in DemoStream::new(config).take(count) {
         let line = to_envelope_line(&event, topics).context("encoding a generated event")?;
         writeln!(out, "{line}").context("writing generated events")?;
-        written += 1;
+        generated.events += 1;
+        if let Some(record) = bad.after(&event, topics) {
+            out.write_all(&record.to_line()).and_then(|()| out.write_all(b"\n")).context("writing generated events")?;
+            generated.bad += 1;
+        }
     }
     out.flush().context("writing generated events")?;
-    Ok(written)
+    Ok(generated)
 }
 
 /// Publishes the demo stream to Kafka, stamped with the wall clock, until the pace or shutdown stops it.
@@ -52,6 +75,7 @@ pub fn publish(
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / pace.rate.max(0.001));
     let mut sent = 0usize;
+    let mut bad = BadRecords::new(config.seed, pace.bad_ratio);
     for event in DemoStream::new(config) {
         let done = shutdown.is_requested()
             || pace.count.is_some_and(|n| sent >= n)
@@ -63,6 +87,16 @@ pub fn publish(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        // Stamped with the wall clock like a live connector, the bad record with its event.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        if let Some(record) = bad.after(&event, topics) {
+            let mut base: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(&record.topic).payload(&record.value[..]).timestamp(now);
+            if let Some(key) = &record.key {
+                base = base.key(key.as_str());
+            }
+            send_waiting(&producer, base).with_context(|| format!("producing to {} at {brokers}", record.topic))?;
+        }
         let event = event.event;
         let topic = topics.input_topic(event.stream());
         let payload = match encoding {
@@ -71,7 +105,6 @@ pub fn publish(
                 .encode(&serde_json::to_value(&event).context("encoding a demo event")?)
                 .context("encoding a demo event as Avro")?,
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let record: BaseRecord<'_, str, [u8]> =
             BaseRecord::to(topic).key(event.company_id()).payload(&payload[..]).timestamp(now);
         send_waiting(&producer, record).with_context(|| format!("producing to {topic} at {brokers}"))?;

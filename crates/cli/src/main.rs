@@ -67,6 +67,18 @@ enum Command {
         #[arg(long)]
         metrics_file: Option<PathBuf>,
     },
+    /// Create crmflow's topics that are missing (inputs, outputs, dead letters), co-partitioned.
+    CreateTopics {
+        /// TOML configuration file (for topic names and client settings); CRMFLOW_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Partitions of every topic: the most instances that can share the work.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Run librdkafka's mock cluster as a local broker with crmflow's topics, until Ctrl-C.
     DevBroker {
         /// Partitions per topic.
@@ -108,6 +120,10 @@ enum Command {
         /// Encoding of the published values.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         encoding: Format,
+        /// Mix in malformed records (undecodable, unknown type, schema violation, wrong key)
+        /// at about this rate, e.g. 0.02 for 2%; they go to the dead-letter topic.
+        #[arg(long, default_value_t = 0.0)]
+        bad_ratio: f64,
     },
 }
 
@@ -151,6 +167,17 @@ fn main() -> Result<()> {
             })?;
             Ok(())
         }
+        Command::CreateTopics { config, brokers, partitions } => {
+            anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
+            let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
+            if let Some(brokers) = brokers {
+                config.brokers = brokers;
+            }
+            config.validate().context("invalid configuration")?;
+            let created = crmflow_runtime::setup::create_topics(&config, partitions).context("cannot create topics")?;
+            eprintln!("created {} topics: {}", created.len(), created.join(", "));
+            Ok(())
+        }
         Command::DevBroker { partitions, address_file, topics } => {
             let broker = crmflow_runtime::dev_broker::DevBroker::start(partitions, &TopicNames::default(), &topics)
                 .context("cannot start the development broker")?;
@@ -170,7 +197,8 @@ fn main() -> Result<()> {
             drop(broker);
             Ok(())
         }
-        Command::Generate { brokers, output, rate, count, duration, companies, users, seed, encoding } => {
+        Command::Generate { brokers, output, rate, count, duration, companies, users, seed, encoding, bad_ratio } => {
+            anyhow::ensure!((0.0..=1.0).contains(&bad_ratio), "--bad-ratio {bad_ratio} is not between 0 and 1");
             let demo = DemoConfig { seed, companies, users_per_integration: users, ..DemoConfig::default() };
             let topics = TopicNames::default();
             match brokers {
@@ -180,17 +208,20 @@ fn main() -> Result<()> {
                         Some(path) => generate::write_lines(
                             demo,
                             count,
+                            bad_ratio,
                             &topics,
                             BufWriter::new(
                                 File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
                             ),
                         )?,
-                        None => generate::write_lines(demo, count, &topics, BufWriter::new(io::stdout().lock()))?,
+                        None => {
+                            generate::write_lines(demo, count, bad_ratio, &topics, BufWriter::new(io::stdout().lock()))?
+                        }
                     };
-                    eprintln!("generated {written} events");
+                    eprintln!("generated {} events and {} malformed records", written.events, written.bad);
                 }
                 Some(brokers) => {
-                    let pace = Pace { rate, count, duration: duration.map(Duration::from_secs) };
+                    let pace = Pace { rate, count, duration: duration.map(Duration::from_secs), bad_ratio };
                     let encoding = match encoding {
                         Format::Json => Encoding::Json,
                         Format::Avro => Encoding::Avro,

@@ -53,22 +53,41 @@ impl Summary {
 /// Runs every line of `input` through the core in file order and writes the output records.
 ///
 /// Lines that cannot be processed become dead-letter records; only I/O failures are errors.
-pub fn simulate(input: impl BufRead, mut output: impl Write, topics: &TopicNames) -> std::io::Result<Summary> {
+pub fn simulate(mut input: impl BufRead, mut output: impl Write, topics: &TopicNames) -> std::io::Result<Summary> {
     let mut state = MemoryState::default();
     let mut summary = Summary::default();
-    for (index, line) in input.lines().enumerate() {
-        let line = line?;
+    let mut bytes = Vec::new();
+    let mut index = 0;
+    loop {
+        bytes.clear();
+        if input.read_until(b'\n', &mut bytes)? == 0 {
+            break;
+        }
+        index += 1;
+        // A line that is not UTF-8 is a bad record like any other: a dead letter, and on.
+        let (line, not_utf8) = match std::str::from_utf8(&bytes) {
+            Ok(line) => (line.to_owned(), None),
+            Err(e) => (String::from_utf8_lossy(&bytes).into_owned(), Some(e)),
+        };
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
         summary.lines += 1;
-        let records = match process_line(&mut state, &line, topics, &mut summary.tally) {
+        let processed = match not_utf8 {
+            Some(e) => Err((
+                DecodeError::new(ErrorKind::Undecodable, format!("line is not valid UTF-8: {e}")),
+                Origin::default(),
+            )),
+            None => process_line(&mut state, line, topics, &mut summary.tally),
+        };
+        let records = match processed {
             Ok((timestamp, outputs)) => {
                 outputs.iter().map(|out| output_record(out, timestamp, topics)).collect::<Result<Vec<_>, _>>()?
             }
             Err((error, origin)) => {
                 *summary.dead_letters.entry(error.kind).or_default() += 1;
-                vec![dead_letter(&line, index + 1, &error, origin, topics)]
+                vec![dead_letter(line, index, &error, origin, topics)]
             }
         };
         for record in records {

@@ -85,3 +85,30 @@ fn logs_can_be_json_lines() {
         assert!(value.get("level").is_some(), "{line}");
     }
 }
+
+/// `exactly_once` against brokers that do not offer transactions (librdkafka's mock cluster, in
+/// this process, with the InitProducerId API switched off) stops at start and names the way out.
+#[test]
+fn exactly_once_without_broker_transactions_names_at_least_once() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::RDKafkaApiKey;
+    let mock = MockCluster::new(1).unwrap();
+    let topics = crmflow_codec::TopicNames::default();
+    for (_, topic) in topics.inputs() {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    for topic in topics.outputs() {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    mock.apiversion(RDKafkaApiKey::InitProducerId, None, None).unwrap();
+    let output = run(
+        &[],
+        &[
+            ("CRMFLOW_BROKERS", &mock.bootstrap_servers()),
+            ("CRMFLOW_PROCESSING_GUARANTEE", "exactly_once"),
+            ("CRMFLOW_STARTUP_TIMEOUT_MS", "5000"),
+        ],
+    );
+    assert_fails_with(&output, "transactions");
+    assert_fails_with(&output, "at_least_once");
+}

@@ -23,12 +23,14 @@
 //! reads, so a generated file can be replayed without Kafka.
 #![deny(missing_docs)]
 
+mod bad;
 mod catalog;
 mod stream;
 
 use crmflow_codec::{Envelope, TopicNames};
 use crmflow_domain::InputEvent;
 
+pub use bad::{BadRecord, BadRecords};
 pub use stream::DemoStream;
 
 /// Knobs of the demo stream.

@@ -45,7 +45,8 @@ pub struct Config {
     pub brokers: String,
     /// The consumer group, the prefix of internal topics and of the transactional id.
     pub application_id: String,
-    /// Distinguishes instances of one application (part of the transactional id).
+    /// Distinguishes instances of one application: part of the transactional id, so no two
+    /// replicas may share it. Defaults to the host name.
     pub instance_id: String,
     /// `exactly_once` or `at_least_once`.
     pub processing_guarantee: ProcessingGuarantee,
@@ -78,7 +79,7 @@ impl Default for Config {
         Config {
             brokers: "localhost:9092".into(),
             application_id: "crmflow".into(),
-            instance_id: "0".into(),
+            instance_id: host_name(),
             processing_guarantee: ProcessingGuarantee::ExactlyOnce,
             commit_interval_ms: 100,
             max_wait_ms: 500,
@@ -123,6 +124,9 @@ pub enum ConfigError {
         problem: String,
     },
 }
+
+/// The producer's transaction time-out unless configured: Kafka Streams' value.
+const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// Keys whose environment overrides are numbers.
 const NUMERIC_KEYS: [&str; 5] =
@@ -198,6 +202,24 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.commit_interval_ms) {
             return invalid("commit_interval_ms", format!("{} is outside 10..=60000", self.commit_interval_ms));
+        }
+        if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            let timeout = self
+                .kafka_producer
+                .get("transaction.timeout.ms")
+                .or_else(|| self.kafka.get("transaction.timeout.ms"))
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS);
+            if self.commit_interval_ms.saturating_mul(5) > timeout {
+                return invalid(
+                    "commit_interval_ms",
+                    format!(
+                        "{} is too close to the producer's transaction.timeout.ms ({timeout}): a transaction stays \
+                         open for a commit interval, so keep it below a fifth of the timeout",
+                        self.commit_interval_ms
+                    ),
+                );
+            }
         }
         if self.max_wait_ms > 60_000 {
             return invalid("max_wait_ms", format!("{} is above 60000", self.max_wait_ms));
@@ -278,6 +300,9 @@ impl Config {
         set_default(&mut config, "linger.ms", "5");
         if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
             config.set("transactional.id", format!("{}.{}", self.application_id, self.instance_id));
+            // As Kafka Streams does: a crashed instance's open transaction holds back its
+            // partitions' committed offsets (and read_committed readers) until it times out.
+            set_default(&mut config, "transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT_MS.to_string());
         }
         config
     }
@@ -300,6 +325,25 @@ impl Config {
             Teams => self.encoding.team_assignments,
             CrmChanges => self.encoding.crm_changes,
         }
+    }
+}
+
+/// The host name, made fit for a transactional id (`0` if it cannot be read).
+fn host_name() -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(200)
+        .collect();
+    if name.is_empty() {
+        "0".into()
+    } else {
+        name
     }
 }
 
@@ -389,6 +433,8 @@ mod tests {
         assert!(message(load("brokers = \"nohost\"", &[])).contains("`brokers`"));
         assert!(message(load("processing_guarantee = \"maybe\"", &[])).contains("maybe"));
         assert!(message(load("commit_interval_ms = 0", &[])).contains("commit_interval_ms"));
+        assert!(message(load("commit_interval_ms = 5000", &[])).contains("transaction.timeout.ms"));
+        assert!(load("commit_interval_ms = 5000\nprocessing_guarantee = \"at_least_once\"", &[]).is_ok());
         assert!(message(load("[topics]\ncrm_changes = \"crmflow.dlq\"", &[])).contains("distinct"));
         assert!(message(load("[kafka]\n\"group.id\" = \"x\"", &[])).contains("remove it"));
         assert!(message(load("[encoding]\ncrm_changes = \"xml\"", &[])).contains("xml"));

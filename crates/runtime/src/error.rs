@@ -24,6 +24,12 @@ pub enum RunError {
         /// The client's error.
         source: KafkaError,
     },
+    /// Another producer took over this instance's transactional id.
+    #[error(
+        "fenced: another crmflow instance uses the transactional id `{0}` (application_id.instance_id); \
+         give every replica its own instance_id"
+    )]
+    Fenced(String),
     /// The broker rejected outputs; offsets were not committed.
     #[error("{0}")]
     Delivery(String),

@@ -1,9 +1,10 @@
 //! The librdkafka clients' contexts: delivery tracking, rebalance hooks and lag statistics.
 
+use std::ffi::CString;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
@@ -63,6 +64,28 @@ where
     }
 }
 
+/// The low and high watermarks of a partition as the consumer last saw them in a fetch response
+/// (no request to the broker); -1001 (`OFFSET_INVALID`) while unknown.
+pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> (i64, i64) {
+    let (mut low, mut high) = (-1001, -1001);
+    let Ok(topic) = CString::new(topic) else { return (low, high) };
+    // SAFETY: the client pointer is valid while `consumer` lives; librdkafka only reads the
+    // topic name and writes the two integers, under its own partition lock.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (-1001, -1001);
+    }
+    (low, high)
+}
+
 /// The consumer's context: commits and drops partition work on revocation, records lag.
 #[derive(Clone)]
 pub struct InputContext {
@@ -87,11 +110,13 @@ impl ClientContext for InputContext {
 
 impl ConsumerContext for InputContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
+        let mut engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match rebalance {
             // Commit while the partitions are still ours; the next owner resumes from there.
-            if let Ok(mut engine) = self.engine.lock() {
-                engine.on_revoke(consumer);
-            }
+            Rebalance::Revoke(_) => engine.on_revoke(consumer),
+            // Open the stores and set where each input resumes before the assignment takes effect.
+            Rebalance::Assign(assignment) => engine.on_assign(consumer, assignment),
+            Rebalance::Error(e) => tracing::warn!("rebalance: {e}"),
         }
     }
 }

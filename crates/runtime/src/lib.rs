@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod merge;
 pub mod processor;
 pub mod report;
+pub mod resume;
 pub mod service;
 pub mod setup;
 pub mod shutdown;

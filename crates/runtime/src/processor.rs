@@ -1,7 +1,7 @@
 //! One partition's processing: records in, decisions made against its state store, records out.
 //! No Kafka here: the service hands records in and sends what comes back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, InputEvent, InputStream, Tally};
@@ -10,6 +10,7 @@ use crmflow_store::{InputPosition, StateStore};
 use crate::config::Config;
 use crate::merge::Merger;
 use crate::report::Samples;
+use crate::resume::ResumePlan;
 
 /// A consumed input record, decoded on arrival.
 #[derive(Debug)]
@@ -42,6 +43,26 @@ pub struct OutputRecord {
     /// The timestamp: the input's, so replays reproduce it.
     pub timestamp: i64,
 }
+
+impl OutputRecord {
+    /// Whether this is a dead letter (only dead letters carry headers).
+    pub fn is_dead_letter(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
+    /// The dead letter without the offending value (too large to publish), saying why.
+    pub fn without_payload(&self) -> OutputRecord {
+        let mut headers = self.headers.clone();
+        headers.push((
+            HEADER_VALUE_DROPPED,
+            format!("{} bytes: above the producer's message.max.bytes", self.payload.len()),
+        ));
+        OutputRecord { payload: Vec::new(), headers, ..self.clone() }
+    }
+}
+
+/// Header of a dead letter published without its value, with the value's size and why.
+pub const HEADER_VALUE_DROPPED: &str = "crmflow.value.dropped";
 
 /// What processing produced, for the metrics.
 #[derive(Debug, Default)]
@@ -81,8 +102,6 @@ pub enum Admission {
     Buffered,
     /// Dropped: the state store already reflects it.
     AlreadyApplied,
-    /// Dropped: the store has not seen the records before it; consume again from this offset.
-    RewindTo(i64),
 }
 
 /// The merge buffer, state store and positions of one input partition.
@@ -90,73 +109,77 @@ pub struct PartitionTask {
     partition: i32,
     store: StateStore,
     merger: Merger<InputRecord>,
-    // Next offset per input topic that the store already reflects (records below are skipped).
-    committed: BTreeMap<String, i64>,
-    // Next offset per input topic after the records processed since the last commit.
+    plan: ResumePlan,
+    // Next offset per input topic that the store's last RocksDB batch reflects.
+    stored: BTreeMap<String, i64>,
+    // Next offset per input topic after the records processed since that batch.
     processed: BTreeMap<String, i64>,
-    // Topics whose first consumed record was compared with the store's position.
-    checked: BTreeSet<String>,
-    // Per topic the store knew nothing of: the group's committed offset. Records below it were
-    // published before, so replaying them rebuilds state without publishing again.
-    replay_until: BTreeMap<String, i64>,
+    // Next offset per input topic after the last record consumed (buffered or not).
+    consumed: BTreeMap<String, i64>,
+    // The timestamp of the last record admitted, for records that come without one.
+    last_timestamp: i64,
 }
 
 impl PartitionTask {
-    /// Wraps an opened store of a partition; `group_offsets` are the consumer group's committed
-    /// offsets of the partition's input topics.
-    pub fn new(
+    /// Wraps an opened store of a partition whose inputs are `topics`; `group_offsets` are the
+    /// consumer group's committed offsets of them. See [`crate::resume`] for what follows.
+    pub fn open(
         partition: i32,
         store: StateStore,
         max_wait_ms: i64,
+        topics: &[&str],
         group_offsets: &BTreeMap<String, i64>,
     ) -> Result<Self, ProcessError> {
-        let committed: BTreeMap<String, i64> = store
+        let stored: BTreeMap<String, i64> = store
             .positions()
             .map_err(|source| ProcessError::Store { partition, source })?
             .into_iter()
             .filter(|p| p.partition == partition)
             .map(|p| (p.topic, p.next_offset))
             .collect();
-        let replay_until: BTreeMap<String, i64> = group_offsets
-            .iter()
-            .filter(|(topic, offset)| **offset > 0 && !committed.contains_key(*topic))
-            .map(|(topic, offset)| (topic.clone(), *offset))
-            .collect();
-        let checked = replay_until.keys().cloned().collect();
+        let plan = ResumePlan::new(topics, &stored, group_offsets);
         Ok(PartitionTask {
             partition,
             store,
             merger: Merger::new(max_wait_ms),
-            committed,
+            consumed: stored.clone(),
+            stored,
             processed: BTreeMap::new(),
-            checked,
-            replay_until,
+            plan,
+            last_timestamp: 0,
         })
     }
 
-    /// Buffers a record, unless the store already reflects it (a redelivery after a crash) or
-    /// the store is behind it (the process died after Kafka committed, before the store did).
-    pub fn push(&mut self, stream: InputStream, record: InputRecord, now: i64) -> Admission {
-        if let Some(next) = self.committed.get(&record.topic).copied() {
-            if record.offset < next {
-                return Admission::AlreadyApplied;
-            }
-            // Only the first record of a topic is checked: later offsets may jump over
-            // transaction markers or compacted records, and one rewind is enough.
-            if self.checked.insert(record.topic.clone()) && record.offset > next {
-                return Admission::RewindTo(next);
-            }
+    /// Where each input resumes: the offsets to assign the consumer with.
+    pub fn plan(&self) -> &ResumePlan {
+        &self.plan
+    }
+
+    /// Buffers a consumed record, unless the store already reflects it.
+    pub fn admit(&mut self, stream: InputStream, record: InputRecord, now: i64) -> Admission {
+        if self.stored.get(&record.topic).is_some_and(|next| record.offset < *next) {
+            return Admission::AlreadyApplied;
         }
+        self.consumed.insert(record.topic.clone(), record.offset + 1);
+        self.last_timestamp = record.timestamp;
         self.merger.push(stream, record.timestamp, now, record);
         Admission::Buffered
     }
 
-    /// Input topics the store knows nothing of although the consumer group committed offsets
-    /// for them (the state directory was lost, or the partition moved here): consume them again
-    /// from the start, and their records below the group's offsets rebuild state without
-    /// publishing again.
-    pub fn rebuild_topics(&self) -> impl Iterator<Item = &str> {
-        self.replay_until.keys().map(String::as_str)
+    /// The timestamp of the last record admitted (0 before the first).
+    pub fn last_timestamp(&self) -> i64 {
+        self.last_timestamp
+    }
+
+    /// The offset after the last record of `topic` consumed, or where consumption was told to
+    /// start (`None`: from the start of the topic, nothing consumed yet).
+    pub fn consumed_until(&self, topic: &str) -> Option<i64> {
+        self.consumed.get(topic).copied()
+    }
+
+    /// The input streams the merge is waiting for (nothing of them is buffered).
+    pub fn empty_streams(&self) -> impl Iterator<Item = InputStream> + '_ {
+        self.merger.empty_streams()
     }
 
     /// When the next buffered record may go at the latest.
@@ -165,14 +188,16 @@ impl PartitionTask {
     }
 
     /// Processes every record the merge releases at `now`; appends outputs to `out`.
+    /// `caught_up` tells whether the consumer has read all the broker holds of a stream.
     pub fn process_ready(
         &mut self,
         now: i64,
+        mut caught_up: impl FnMut(InputStream) -> bool,
         config: &Config,
         out: &mut Vec<OutputRecord>,
         progress: &mut Progress,
     ) -> Result<(), ProcessError> {
-        while let Some((_, record)) = self.merger.pop_ready(now) {
+        while let Some((_, record)) = self.merger.pop_ready(now, &mut caught_up) {
             self.process(record, config, out, progress)?;
         }
         Ok(())
@@ -187,7 +212,7 @@ impl PartitionTask {
     ) -> Result<(), ProcessError> {
         progress.records += 1;
         self.processed.insert(record.topic.clone(), record.offset + 1);
-        let replaying = self.replay_until.get(&record.topic).is_some_and(|until| record.offset < *until);
+        let replaying = !self.plan.publishes(&record.topic, record.offset);
         if replaying {
             progress.replayed += 1;
         }
@@ -228,22 +253,36 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// The positions to commit for the work processed since the last commit.
-    pub fn pending_positions(&self) -> Vec<InputPosition> {
+    /// The consumer offsets to commit for the work processed since the last RocksDB batch;
+    /// never below the offsets the group already has (see [`ResumePlan::consumer_offset`]).
+    pub fn consumer_offsets(&self) -> Vec<InputPosition> {
         self.processed
             .iter()
-            .map(|(topic, next)| InputPosition { topic: topic.clone(), partition: self.partition, next_offset: *next })
+            .filter_map(|(topic, next)| {
+                let next_offset = self.plan.consumer_offset(topic, *next)?;
+                Some(InputPosition { topic: topic.clone(), partition: self.partition, next_offset })
+            })
             .collect()
     }
 
-    /// Persists staged state with the processed positions, after the outputs are durable.
-    pub fn commit(&mut self) -> Result<(), ProcessError> {
+    /// Whether anything was processed since the last RocksDB batch.
+    pub fn has_processed(&self) -> bool {
+        !self.processed.is_empty()
+    }
+
+    /// Writes the staged state with the processed positions as one RocksDB batch, once the
+    /// outputs are durable.
+    pub fn write_batch(&mut self) -> Result<(), ProcessError> {
         if self.processed.is_empty() {
             return Ok(());
         }
-        let positions = self.pending_positions();
+        let positions: Vec<InputPosition> = self
+            .processed
+            .iter()
+            .map(|(topic, next)| InputPosition { topic: topic.clone(), partition: self.partition, next_offset: *next })
+            .collect();
         self.store.commit(&positions).map_err(|source| ProcessError::Store { partition: self.partition, source })?;
-        self.committed.extend(std::mem::take(&mut self.processed));
+        self.stored.extend(std::mem::take(&mut self.processed));
         Ok(())
     }
 }
@@ -277,6 +316,8 @@ mod tests {
     use super::*;
     use crmflow_store::StoreOptions;
 
+    const TOPICS: [&str; 3] = ["integration.settings", "team.assignments", "crm.changes"];
+
     fn record(offset: i64) -> InputRecord {
         InputRecord {
             topic: "crm.changes".into(),
@@ -288,60 +329,69 @@ mod tests {
         }
     }
 
-    fn task_at(dir: &std::path::Path, next_offset: i64) -> PartitionTask {
+    fn task(dir: &std::path::Path, stored: Option<i64>, group: &[(&str, i64)]) -> PartitionTask {
         let mut store = StateStore::open(dir, StoreOptions::default()).unwrap();
-        store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }]).unwrap();
-        PartitionTask::new(0, store, 0, &BTreeMap::new()).unwrap()
+        if let Some(next_offset) = stored {
+            store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }]).unwrap();
+        }
+        let group = group.iter().map(|(t, o)| (t.to_string(), *o)).collect();
+        PartitionTask::open(0, store, 0, &TOPICS, &group).unwrap()
+    }
+
+    fn process_all(task: &mut PartitionTask) -> (Vec<OutputRecord>, Progress) {
+        let (mut out, mut progress) = (Vec::new(), Progress::default());
+        task.process_ready(0, |_| true, &Config::default(), &mut out, &mut progress).unwrap();
+        (out, progress)
     }
 
     #[test]
     fn records_the_store_already_reflects_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = task_at(dir.path(), 10);
-        assert_eq!(task.push(InputStream::CrmChanges, record(9), 0), Admission::AlreadyApplied);
-        assert_eq!(task.push(InputStream::CrmChanges, record(10), 0), Admission::Buffered);
-        assert_eq!(
-            task.push(InputStream::CrmChanges, record(12), 0),
-            Admission::Buffered,
-            "gaps after the first are normal"
-        );
+        let mut task = task(dir.path(), Some(10), &[]);
+        assert_eq!(task.admit(InputStream::CrmChanges, record(9), 0), Admission::AlreadyApplied);
+        assert_eq!(task.admit(InputStream::CrmChanges, record(10), 0), Admission::Buffered);
+        assert_eq!(task.admit(InputStream::CrmChanges, record(12), 0), Admission::Buffered, "gaps are normal");
+        assert_eq!(task.consumed_until("crm.changes"), Some(13));
     }
 
     #[test]
-    fn a_store_behind_the_consumer_rewinds_once() {
+    fn a_store_behind_the_group_replays_its_gap_without_publishing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = task_at(dir.path(), 10);
-        assert_eq!(task.push(InputStream::CrmChanges, record(15), 0), Admission::RewindTo(10));
-        assert_eq!(task.push(InputStream::CrmChanges, record(11), 0), Admission::Buffered, "after the rewind, accept");
-    }
-
-    #[test]
-    fn a_store_that_lost_its_state_rebuilds_without_publishing_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let group = BTreeMap::from([("crm.changes".to_string(), 2)]);
-        let mut task = PartitionTask::new(0, store, 0, &group).unwrap();
-        assert_eq!(task.rebuild_topics().collect::<Vec<_>>(), vec!["crm.changes"]);
-        for offset in 0..3 {
-            assert_eq!(task.push(InputStream::CrmChanges, record(offset), 0), Admission::Buffered);
+        let mut task = task(dir.path(), Some(10), &[("crm.changes", 12)]);
+        let start = task.plan().inputs().find(|(t, _)| *t == "crm.changes").unwrap().1.start;
+        assert_eq!(start, Some(10), "resumes at the store, not at the group");
+        for offset in 10..13 {
+            task.admit(InputStream::CrmChanges, record(offset), 0);
         }
-        let (mut out, mut progress) = (Vec::new(), Progress::default());
-        task.process_ready(0, &Config::default(), &mut out, &mut progress).unwrap();
+        let (out, progress) = process_all(&mut task);
         assert_eq!(progress.replayed, 2);
         assert_eq!(out.len(), 1, "only the record at the group's offset is published: {out:?}");
-        assert_eq!(out[0].headers.iter().find(|(k, _)| k.ends_with("offset")).unwrap().1, "2");
+        assert_eq!(out[0].headers.iter().find(|(k, _)| k.ends_with("offset")).unwrap().1, "12");
+    }
+
+    #[test]
+    fn a_rebuild_interrupted_midway_keeps_the_groups_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task(dir.path(), None, &[("crm.changes", 5)]);
+        for offset in 0..3 {
+            task.admit(InputStream::CrmChanges, record(offset), 0);
+        }
+        let (out, _) = process_all(&mut task);
+        assert!(out.is_empty());
+        assert!(task.consumer_offsets().is_empty(), "committing 3 would publish 3 and 4 again after a crash");
+        task.write_batch().unwrap();
+        assert_eq!(task.stored.get("crm.changes"), Some(&3));
     }
 
     #[test]
     fn dead_letters_are_produced_with_their_source_and_advance_the_position() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = task_at(dir.path(), 0);
-        task.push(InputStream::CrmChanges, record(0), 0);
-        let (mut out, mut progress) = (Vec::new(), Progress::default());
-        task.process_ready(0, &Config::default(), &mut out, &mut progress).unwrap();
+        let mut task = task(dir.path(), Some(0), &[]);
+        task.admit(InputStream::CrmChanges, record(0), 0);
+        let (out, _) = process_all(&mut task);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "crmflow.dlq");
         assert!(out[0].headers.contains(&(crmflow_codec::dead_letter::HEADER_SOURCE_OFFSET, "0".to_string())));
-        assert_eq!(task.pending_positions()[0].next_offset, 1);
+        assert_eq!(task.consumer_offsets()[0].next_offset, 1);
     }
 }

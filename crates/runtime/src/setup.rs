@@ -63,12 +63,31 @@ fn partition_count(metadata: &Metadata, topic: &str) -> Option<i32> {
 
 /// Creates missing output and dead-letter topics with the inputs' partition count.
 pub fn ensure_output_topics(metadata: &Metadata, config: &Config, partitions: i32) -> Result<(), RunError> {
-    let missing: Vec<&str> =
-        config.topics.outputs().into_iter().filter(|t| partition_count(metadata, t).is_none()).collect();
+    create_missing(metadata, config, &config.topics.outputs(), partitions).map(|_| ())
+}
+
+/// Creates every topic of crmflow (inputs, outputs, dead letters) that does not exist yet, with
+/// `partitions` partitions: for a new cluster, such as `make run`'s. Returns those it created.
+pub fn create_topics(config: &Config, partitions: i32) -> Result<Vec<String>, RunError> {
+    let consumer: BaseConsumer =
+        config.client_config().create().map_err(|e| RunError::kafka("creating a metadata client", e))?;
+    let metadata = wait_for_brokers(&consumer, config)?;
+    let mut names: Vec<&str> = config.topics.inputs().iter().map(|(_, t)| *t).collect();
+    names.extend(config.topics.outputs());
+    create_missing(&metadata, config, &names, partitions)
+}
+
+fn create_missing(
+    metadata: &Metadata,
+    config: &Config,
+    names: &[&str],
+    partitions: i32,
+) -> Result<Vec<String>, RunError> {
+    let missing: Vec<&str> = names.iter().copied().filter(|t| partition_count(metadata, t).is_none()).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    tracing::info!(?missing, partitions, "creating output topics");
+    tracing::info!(?missing, partitions, "creating topics");
     let admin: AdminClient<DefaultClientContext> =
         config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
     let topics: Vec<NewTopic> = missing
@@ -80,17 +99,17 @@ pub fn ensure_output_topics(metadata: &Metadata, config: &Config, partitions: i3
         .enable_all()
         .build()
         .map_err(|e| RunError::Topics(format!("cannot start a runtime for topic creation: {e}")))?;
-    let results = runtime.block_on(admin.create_topics(&topics, &options)).map_err(|e| {
-        RunError::Topics(format!("creating output topics {missing:?} failed: {e}; create them by hand"))
-    })?;
+    let results = runtime
+        .block_on(admin.create_topics(&topics, &options))
+        .map_err(|e| RunError::Topics(format!("creating topics {missing:?} failed: {e}; create them by hand")))?;
     for result in results {
         if let Err((topic, code)) = result {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
                 return Err(RunError::Topics(format!(
-                    "creating output topic `{topic}` failed: {code}; create it by hand with {partitions} partitions"
+                    "creating topic `{topic}` failed: {code}; create it by hand with {partitions} partitions"
                 )));
             }
         }
     }
-    Ok(())
+    Ok(missing.into_iter().map(str::to_owned).collect())
 }

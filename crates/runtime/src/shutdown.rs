@@ -23,24 +23,29 @@ impl Shutdown {
         self.0.load(Ordering::SeqCst)
     }
 
-    /// Requests shutdown on SIGINT or SIGTERM (call from within a tokio runtime).
+    /// Requests shutdown on SIGINT or SIGTERM (call from within a tokio runtime); a second
+    /// signal exits at once, for when the graceful stop hangs (an unreachable broker, say).
     pub fn on_signals(&self) {
         let shutdown = self.clone();
         tokio::spawn(async move {
-            let terminate = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut signal) => {
-                        signal.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
+            let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            let Ok(mut interrupt) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
+                return;
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate => {}
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            tracing::info!("shutdown requested: finishing the batch and committing");
+            tracing::info!("shutdown requested: finishing the batch and committing (a second signal exits at once)");
             shutdown.request();
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without committing");
+            std::process::exit(130);
         });
     }
 }

@@ -1,13 +1,15 @@
-//! Shared harness of the Kafka tests: brokers started by the project's own commands, the
-//! processor as a child process, and scenario files played through real topics.
+//! Shared harness of the Kafka tests: the real Apache Kafka broker started by the project's own
+//! script (one per test binary), each test on its own topics and group, the processor as a child
+//! process, and outputs read back to the end offsets and checked against `crmflow simulate`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -25,34 +27,40 @@ use crmflow_codec::{decode_output, Encoding, Envelope, TopicNames};
 /// The crmflow binary under test.
 pub const CRMFLOW: &str = env!("CARGO_BIN_EXE_crmflow");
 
-/// Which broker implementation a test runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerKind {
-    /// librdkafka's mock cluster via `crmflow dev-broker` (transactions supported).
-    Mock,
-    /// tansu with its SQLite engine (no transactions).
-    Tansu,
+/// The binary `crmflow run` starts from: `CRMFLOW_RUN_BIN` points the Kafka tests at another
+/// build (to show that a test fails on the code before a fix).
+fn run_binary() -> String {
+    std::env::var("CRMFLOW_RUN_BIN").unwrap_or_else(|_| CRMFLOW.to_owned())
 }
 
-impl BrokerKind {
-    /// The guarantee this broker supports.
-    pub fn guarantee(self) -> &'static str {
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The processing guarantee a run is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Outputs and offsets in Kafka transactions.
+    ExactlyOnce,
+    /// Outputs acknowledged before offsets; a crash may repeat outputs.
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
         match self {
-            BrokerKind::Mock => "exactly_once",
-            BrokerKind::Tansu => "at_least_once",
+            Guarantee::ExactlyOnce => "exactly_once",
+            Guarantee::AtLeastOnce => "at_least_once",
         }
     }
 }
 
-/// A broker process with crmflow's topics, killed on drop.
+/// A broker process, killed on drop.
 pub struct Broker {
     child: Child,
     /// Bootstrap address.
     pub address: String,
-    /// Partitions per topic.
-    pub partitions: i32,
-    /// Which implementation.
-    pub kind: BrokerKind,
     _dir: TempDir,
 }
 
@@ -67,12 +75,41 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+static KAFKA: OnceLock<Broker> = OnceLock::new();
+
+/// The real Apache Kafka broker of this test binary, started on first use by
+/// `deploy/kafka/kafka.sh` (which stops it when this process exits).
+pub fn kafka() -> &'static Broker {
+    KAFKA.get_or_init(Broker::start_kafka)
 }
 
 impl Broker {
-    /// Starts `crmflow dev-broker` with every default topic, plus extra `name:partitions` topics.
+    fn start_kafka() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("kafka.sh.log");
+        let mut child = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
+            .arg("start")
+            .arg(dir.path().join("broker"))
+            .env("CRMFLOW_KAFKA_PARENT_PID", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting deploy/kafka/kafka.sh");
+        let mut address = String::new();
+        let stdout = child.stdout.take().unwrap();
+        BufReader::new(stdout).read_line(&mut address).unwrap();
+        let address = address.trim().to_owned();
+        assert!(
+            !address.is_empty(),
+            "deploy/kafka/kafka.sh did not start the broker:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        Broker { child, address, _dir: dir }
+    }
+
+    /// Starts `crmflow dev-broker` (librdkafka's mock cluster) with every default topic, plus
+    /// extra `name:partitions` topics: for start-up checks that need no transactions.
     pub fn mock(partitions: i32, extra_topics: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let address_file = dir.path().join("address");
@@ -89,42 +126,7 @@ impl Broker {
         let address = wait_for("the dev broker's address", Duration::from_secs(20), || {
             fs::read_to_string(&address_file).ok().filter(|a| !a.is_empty())
         });
-        Broker { child, address, partitions, kind: BrokerKind::Mock, _dir: dir }
-    }
-
-    /// Starts tansu (SQLite engine) on a free port and creates crmflow's topics.
-    pub fn tansu(partitions: i32) -> Broker {
-        let broker = Broker::tansu_bare(partitions);
-        let topics = TopicNames::default();
-        let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
-        names.extend(topics.outputs().iter().map(|t| t.to_string()));
-        broker.create_topics(&names, partitions);
-        broker
-    }
-
-    /// Starts tansu (SQLite engine) on a free port with no topics.
-    pub fn tansu_bare(partitions: i32) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("state")).unwrap();
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let tansu = which_tansu();
-        let log = fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(tansu)
-            .current_dir(dir.path())
-            .args(["broker", "--storage-engine", "sqlite://state/tansu.db", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting tansu");
-        let broker =
-            Broker { child, address: format!("127.0.0.1:{port}"), partitions, kind: BrokerKind::Tansu, _dir: dir };
-        let topics = TopicNames::default();
-        let mut names: Vec<String> = topics.inputs().iter().map(|(_, t)| t.to_string()).collect();
-        names.extend(topics.outputs().iter().map(|t| t.to_string()));
-        broker.create_topics(&names, partitions);
-        broker
+        Broker { child, address, _dir: dir }
     }
 
     /// Partition count of each topic that exists, by name.
@@ -139,7 +141,7 @@ impl Broker {
             .collect()
     }
 
-    /// Creates topics through the admin API (tansu; the mock cluster cannot).
+    /// Creates topics through the admin API.
     pub fn create_topics(&self, names: &[String], partitions: i32) {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
@@ -147,28 +149,101 @@ impl Broker {
         let topics: Vec<NewTopic> =
             names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        wait_for("topic creation", Duration::from_secs(30), || {
-            runtime.block_on(admin.create_topics(&topics, &options)).ok()
+        let results = runtime.block_on(admin.create_topics(&topics, &options)).expect("creating topics");
+        for result in results {
+            if let Err((topic, code)) = result {
+                assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {topic}");
+            }
+        }
+        wait_for("the topics' metadata", Duration::from_secs(30), || {
+            let counts = self.partition_counts();
+            names.iter().all(|n| counts.get(n) == Some(&(partitions as usize))).then_some(())
         });
     }
 }
 
-fn which_tansu() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin")));
-    candidates
-        .map(|dir| dir.join("tansu"))
-        .find(|p| p.exists())
-        .expect("tansu is not installed: run `make deps` (cargo install tansu --locked --features libsql)")
+impl Broker {
+    /// Sets one configuration property of a topic.
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let results = runtime.block_on(admin.alter_configs(&[change], &AdminOptions::new())).unwrap();
+        assert!(results.iter().all(Result::is_ok), "setting {key} of {topic}: {results:?}");
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+    }
+}
+
+/// One test's own topics on the shared broker: crmflow's names behind a prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// The names, in crmflow's configuration form.
+    pub names: TopicNames,
+    prefix: String,
+    /// Partitions of every topic.
+    pub partitions: i32,
+}
+
+impl Topics {
+    /// Creates the inputs and outputs of a test named `prefix` on `broker`.
+    pub fn create(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
+        let topics = Topics::inputs_only(broker, prefix, partitions);
+        let outputs: Vec<String> = topics.names.outputs().iter().map(|t| t.to_string()).collect();
+        broker.create_topics(&outputs, partitions);
+        topics
+    }
+
+    /// Creates only the inputs (crmflow creates the outputs).
+    pub fn inputs_only(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
+        let d = TopicNames::default();
+        let p = |name: &str| format!("{prefix}.{name}");
+        let names = TopicNames {
+            crm_changes: p(&d.crm_changes),
+            integration_settings: p(&d.integration_settings),
+            team_assignments: p(&d.team_assignments),
+            users_provisioned: p(&d.users_provisioned),
+            activities_accepted: p(&d.activities_accepted),
+            activities_ignored: p(&d.activities_ignored),
+            dead_letters: p(&d.dead_letters),
+        };
+        let inputs: Vec<String> = names.inputs().iter().map(|(_, t)| t.to_string()).collect();
+        broker.create_topics(&inputs, partitions);
+        Topics { names, prefix: prefix.to_owned(), partitions }
+    }
+
+    /// The `CRMFLOW_TOPICS__…` overrides that point crmflow at these topics.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let n = &self.names;
+        [
+            ("CRM_CHANGES", &n.crm_changes),
+            ("INTEGRATION_SETTINGS", &n.integration_settings),
+            ("TEAM_ASSIGNMENTS", &n.team_assignments),
+            ("USERS_PROVISIONED", &n.users_provisioned),
+            ("ACTIVITIES_ACCEPTED", &n.activities_accepted),
+            ("ACTIVITIES_IGNORED", &n.activities_ignored),
+            ("DEAD_LETTERS", &n.dead_letters),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("CRMFLOW_TOPICS__{k}"), v.clone()))
+        .collect()
+    }
+
+    /// crmflow's default name of one of these topics (scenario files use the defaults).
+    fn default_name(&self, topic: &str) -> String {
+        topic.strip_prefix(&format!("{}.", self.prefix)).unwrap_or(topic).to_owned()
+    }
+
+    /// This test's name of a default topic name.
+    fn own_name(&self, default: &str) -> String {
+        format!("{}.{default}", self.prefix)
     }
 }
 
@@ -180,22 +255,33 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Starts the processor on a broker with a state directory; `env` adds CRMFLOW_ overrides.
-    pub fn start(broker: &Broker, state_dir: &Path, application_id: &str, env: &[(&str, &str)]) -> Processor {
+    /// Starts the processor on `topics` with a state directory; `env` adds CRMFLOW_ overrides.
+    pub fn start(
+        broker: &Broker,
+        topics: &Topics,
+        state_dir: &Path,
+        application_id: &str,
+        guarantee: Guarantee,
+        env: &[(&str, &str)],
+    ) -> Processor {
         let log = next_free(state_dir);
-        let mut command = Command::new(CRMFLOW);
+        let mut command = Command::new(run_binary());
         command
             .args(["run", "--report-seconds", "1"])
             .env("CRMFLOW_BROKERS", &broker.address)
             .env("CRMFLOW_STATE_DIR", state_dir)
             .env("CRMFLOW_APPLICATION_ID", application_id)
-            .env("CRMFLOW_PROCESSING_GUARANTEE", broker.kind.guarantee())
+            .env("CRMFLOW_PROCESSING_GUARANTEE", guarantee.as_str())
             .env("CRMFLOW_MAX_WAIT_MS", "1000")
             .env("CRMFLOW_STARTUP_TIMEOUT_MS", "20000")
-            // A restarted or killed member's old session must not hold the group for the default 45 s.
+            // A killed member's old session must not hold the group for the default 45 s.
             .env("CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());
+        for (k, v) in topics.env() {
+            command.env(k, v);
+        }
         for (k, v) in env {
             command.env(k, v);
         }
@@ -212,7 +298,7 @@ impl Processor {
     pub fn stop(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -220,6 +306,11 @@ impl Processor {
             assert!(Instant::now() < deadline, "crmflow run did not stop on SIGTERM:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// What it logged so far.
@@ -247,22 +338,37 @@ impl Drop for Processor {
     }
 }
 
-/// Produces scenario lines: envelopes to their topics with their keys and timestamps; lines that are
-/// not envelopes go raw to the CRM changes topic; lines for topics crmflow does not read are skipped.
-pub fn produce_lines(broker: &Broker, lines: &[String]) {
-    produce_lines_as(broker, lines, Encoding::Json)
+/// Reads the lines of a simulate/scenario file as bytes (a bad line need not be UTF-8).
+pub fn read_lines(path: &Path) -> Vec<Vec<u8>> {
+    fs::read(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
-/// [`produce_lines`] with the event values in the given encoding.
-pub fn produce_lines_as(broker: &Broker, lines: &[String], encoding: Encoding) {
-    produce_paced(&broker.address, lines, encoding, Duration::ZERO, &AtomicUsize::new(0));
+/// Produces lines: envelopes to their topics with their keys and timestamps; lines that are not
+/// envelopes go raw to the CRM changes topic, stamped like the line before (a raw line has no
+/// timestamp of its own); lines for topics crmflow does not read are skipped.
+pub fn produce_lines(broker: &Broker, topics: &Topics, lines: &[Vec<u8>]) {
+    produce_paced(&broker.address, topics, lines, Encoding::Json, Duration::ZERO, &AtomicUsize::new(0));
 }
 
 /// Produces lines spread evenly over `over`, counting what was sent in `sent` (live traffic).
-pub fn produce_paced(address: &str, lines: &[String], encoding: Encoding, over: Duration, sent: &AtomicUsize) {
+pub fn produce_paced(
+    address: &str,
+    topics: &Topics,
+    lines: &[Vec<u8>],
+    encoding: Encoding,
+    over: Duration,
+    sent: &AtomicUsize,
+) {
     let started = Instant::now();
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", address).create().unwrap();
-    let topics = TopicNames::default();
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", address).set("linger.ms", "5").create().unwrap();
+    let defaults = TopicNames::default();
+    let mut last_timestamp = 0;
     for (i, line) in lines.iter().enumerate() {
         if let Some(wait) =
             (started + over.mul_f64(i as f64 / lines.len() as f64)).checked_duration_since(Instant::now())
@@ -270,8 +376,8 @@ pub fn produce_paced(address: &str, lines: &[String], encoding: Encoding, over: 
             producer.poll(wait);
         }
         sent.store(i + 1, Ordering::SeqCst);
-        match serde_json::from_str::<Envelope>(line) {
-            Ok(envelope) if topics.input_stream(&envelope.topic).is_some() => {
+        match serde_json::from_slice::<Envelope>(line) {
+            Ok(envelope) if defaults.input_stream(&envelope.topic).is_some() => {
                 let payload = match encoding {
                     Encoding::Json => serde_json::to_vec(&envelope.value).unwrap(),
                     // Values that do not fit the schema cannot be written as Avro; send their JSON,
@@ -280,18 +386,23 @@ pub fn produce_paced(address: &str, lines: &[String], encoding: Encoding, over: 
                         .encode(&envelope.value)
                         .unwrap_or_else(|_| serde_json::to_vec(&envelope.value).unwrap()),
                 };
+                let topic = topics.own_name(&envelope.topic);
                 let mut record: BaseRecord<'_, str, [u8]> =
-                    BaseRecord::to(&envelope.topic).payload(&payload[..]).timestamp(envelope.timestamp);
+                    BaseRecord::to(&topic).payload(&payload[..]).timestamp(envelope.timestamp);
                 if let Some(key) = &envelope.key {
                     record = record.key(key.as_str());
                 }
                 send(&producer, record);
+                last_timestamp = envelope.timestamp;
             }
             Ok(_) => {}
-            Err(_) => send(&producer, BaseRecord::<str, [u8]>::to(&topics.crm_changes).payload(line.as_bytes())),
+            Err(_) => send(
+                &producer,
+                BaseRecord::<str, [u8]>::to(&topics.names.crm_changes).payload(&line[..]).timestamp(last_timestamp),
+            ),
         }
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
@@ -306,11 +417,83 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
     }
 }
 
+/// A consumer of `address` that reads committed data only.
+fn reader(address: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap()
+}
+
+/// The end offset of every partition of `topics`.
+fn end_offsets(consumer: &BaseConsumer, topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
+    let mut ends = BTreeMap::new();
+    for topic in topics {
+        for p in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            ends.insert((topic.to_string(), p), high);
+        }
+    }
+    ends
+}
+
+/// Waits until the group has committed offsets at the end of every input partition: everything
+/// produced so far is processed and its outputs committed. Fails if the processor exits.
+pub fn wait_until_processed(
+    broker: &Broker,
+    topics: &Topics,
+    group: &str,
+    processor: &mut Processor,
+    timeout: Duration,
+) {
+    let consumer = reader(&broker.address, group);
+    let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
+    let ends = end_offsets(&consumer, &inputs, topics.partitions);
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition) in ends.keys() {
+        wanted.add_partition(topic, *partition);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = processor.exited() {
+            panic!("crmflow run exited with {status} before processing everything:\n{}", processor.logs());
+        }
+        let committed = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)).unwrap();
+        let behind: Vec<String> = committed
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let end = ends[&(e.topic().to_owned(), e.partition())];
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                (at < end).then(|| format!("{} [{}] at {at} of {end}", e.topic(), e.partition()))
+            })
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not processed within {timeout:?}: {}\n{}",
+            behind.join(", "),
+            processor.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// An output record as consumed.
 #[derive(Debug, Clone)]
 pub struct Consumed {
-    /// Topic.
+    /// Topic, by crmflow's default name.
     pub topic: String,
+    /// Partition.
+    pub partition: i32,
     /// Key as text.
     pub key: Option<String>,
     /// Value bytes.
@@ -321,27 +504,32 @@ pub struct Consumed {
     pub timestamp: i64,
 }
 
-/// Reads the output and dead-letter topics from the start (committed data only) until `count`
-/// records are there and nothing more arrives for a moment, or until `timeout`.
-pub fn consume_outputs(broker: &Broker, count: usize, timeout: Duration) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set("group.id", "crmflow-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+/// Reads every committed record of the output and dead-letter topics, from the start to the end
+/// offsets as they are now (not "until N records came").
+pub fn read_outputs(broker: &Broker, topics: &Topics) -> Vec<Consumed> {
+    let consumer = reader(&broker.address, "crmflow-test-reader");
+    let outputs = topics.names.outputs();
+    let ends = end_offsets(&consumer, &outputs, topics.partitions);
     let mut assignment = TopicPartitionList::new();
-    for topic in TopicNames::default().outputs() {
-        for p in 0..broker.partitions {
-            assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        }
+    for (topic, partition) in ends.keys() {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning).unwrap();
     }
     consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut records = Vec::new();
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
+    loop {
+        let positions = consumer.position().unwrap();
+        let done = ends.iter().all(|((topic, partition), end)| {
+            *end == 0
+                || positions.find_partition(topic, *partition).is_some_and(|e| match e.offset() {
+                    Offset::Offset(o) => o >= *end,
+                    _ => false,
+                })
+        });
+        if done {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "outputs not readable to their end offsets {ends:?}: at {positions:?}");
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let headers = m
@@ -355,34 +543,33 @@ pub fn consume_outputs(broker: &Broker, count: usize, timeout: Duration) -> Vec<
                     })
                     .unwrap_or_default();
                 records.push(Consumed {
-                    topic: m.topic().to_owned(),
+                    topic: topics.default_name(m.topic()),
+                    partition: m.partition(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().unwrap_or_default().to_vec(),
                     headers,
                     timestamp: m.timestamp().to_millis().unwrap_or(-1),
                 });
-                quiet_since = Instant::now();
             }
             Some(Err(e)) => eprintln!("test consumer: {e}"),
-            None => {
-                if records.len() >= count && quiet_since.elapsed() > Duration::from_millis(1500) {
-                    break;
-                }
-            }
+            None => {}
         }
     }
-    records
+}
+
+/// What `crmflow simulate` makes of `lines`.
+pub fn simulate(lines: &[Vec<u8>]) -> Vec<Envelope> {
+    let input: Vec<u8> = lines.join(&b'\n');
+    let mut out = Vec::new();
+    crmflow::simulate::simulate(&input[..], &mut out, &TopicNames::default()).unwrap();
+    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// A scenario's input lines and expected output envelopes.
-pub fn scenario(name: &str) -> (Vec<String>, Vec<Envelope>) {
+pub fn scenario(name: &str) -> (Vec<Vec<u8>>, Vec<Envelope>) {
     let dir = scenarios_dir().join(name);
-    let input = fs::read_to_string(dir.join("input.jsonl")).unwrap();
     let expected = fs::read_to_string(dir.join("expected.jsonl")).unwrap();
-    (
-        input.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect(),
-        expected.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
-    )
+    (read_lines(&dir.join("input.jsonl")), expected.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 /// Every scenario's name.
@@ -398,7 +585,7 @@ pub fn scenario_names() -> Vec<String> {
 }
 
 fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios")
+    repo_root().join("tests/scenarios")
 }
 
 /// Dead letters whose source is an input topic: the only ones a Kafka run can reproduce.
@@ -413,9 +600,20 @@ pub fn reproducible(expected: &[Envelope]) -> Vec<Envelope> {
 /// Output values with timestamps, per (topic, key), in partition order.
 type Streams = BTreeMap<(String, Option<String>), Vec<(i64, Value)>>;
 
+/// How outputs that occur more than once are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicates {
+    /// A duplicate fails the comparison (exactly-once).
+    Fail,
+    /// Later copies of an output (same event id, or a dead letter of the same source record)
+    /// must equal the first and are then dropped (at-least-once after a crash).
+    Drop,
+}
+
 /// Compares consumed records with expected envelopes: per (topic, key) the same values in the same
-/// order with the same timestamps; dead letters by key and error kind, with their source headers.
-pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String> {
+/// order with the same timestamps (so the same multiset); dead letters one per bad record, by key
+/// and error kind, with their source headers.
+pub fn compare(expected: &[Envelope], actual: &[Consumed], duplicates: Duplicates) -> Result<(), String> {
     let dlq = TopicNames::default().dead_letters;
     let mut want: Streams = BTreeMap::new();
     let mut want_dead: Vec<(Option<String>, String)> = Vec::new();
@@ -428,6 +626,8 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
     }
     let mut got: Streams = BTreeMap::new();
     let mut got_dead: Vec<(Option<String>, String)> = Vec::new();
+    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+    let mut seen_dead: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for r in actual {
         if r.topic == dlq {
             for header in
@@ -435,6 +635,19 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
             {
                 if !r.headers.contains_key(header) {
                     return Err(format!("dead letter without header {header}: {:?}", r.headers));
+                }
+            }
+            let source = format!(
+                "{}/{}/{}",
+                r.headers["crmflow.source.topic"],
+                r.headers["crmflow.source.partition"],
+                r.headers["crmflow.source.offset"]
+            );
+            if let Some(first) = seen_dead.insert(source.clone(), r.value.clone()) {
+                match duplicates {
+                    Duplicates::Fail => return Err(format!("dead letter of {source} published twice")),
+                    Duplicates::Drop if first == r.value => continue,
+                    Duplicates::Drop => return Err(format!("dead letters of {source} differ")),
                 }
             }
             got_dead.push((r.key.clone(), r.headers.get("crmflow.error.kind").cloned().unwrap_or_default()));
@@ -445,35 +658,57 @@ pub fn compare(expected: &[Envelope], actual: &[Consumed]) -> Result<(), String>
                     .map(|event| serde_json::to_value(event).unwrap())
                     .map_err(|e| format!("output is neither JSON nor Avro: {e}"))?,
             };
+            let id = value["event_id"].as_str().unwrap_or_default().to_owned();
+            if let Some(first) = seen.insert(id.clone(), value.clone()) {
+                match duplicates {
+                    Duplicates::Fail => return Err(format!("output {id} published twice: {value}")),
+                    Duplicates::Drop if first == value => continue,
+                    Duplicates::Drop => return Err(format!("a repeated output differs from the first: {id}")),
+                }
+            }
             got.entry((r.topic.clone(), r.key.clone())).or_default().push((r.timestamp, value));
         }
     }
     want_dead.sort();
     got_dead.sort();
     if want_dead != got_dead {
-        return Err(format!("dead letters differ:\n want {want_dead:?}\n got  {got_dead:?}"));
+        return Err(format!(
+            "dead letters differ ({} wanted, {} got):\n want {want_dead:?}\n got  {got_dead:?}",
+            want_dead.len(),
+            got_dead.len()
+        ));
     }
+    let mut differences = Vec::new();
     for (key, values) in &want {
         let actual = got.get(key).cloned().unwrap_or_default();
         if &actual != values {
-            return Err(format!(
-                "{key:?} differs:\n want {}\n got  {}",
-                serde_json::to_string(values).unwrap(),
-                serde_json::to_string(&actual).unwrap()
+            let first = values.iter().zip(&actual).position(|(w, g)| w != g).unwrap_or(values.len().min(actual.len()));
+            differences.push(format!(
+                "{key:?}: {} wanted, {} got; first difference at #{first}:\n want {}\n got  {}",
+                values.len(),
+                actual.len(),
+                values.get(first).map(|v| v.1.to_string()).unwrap_or_default(),
+                actual.get(first).map(|v| v.1.to_string()).unwrap_or_default(),
             ));
         }
     }
-    if let Some(extra) = got.keys().find(|k| !want.contains_key(*k)) {
-        return Err(format!("unexpected outputs for {extra:?}: {:?}", got[extra]));
+    for (key, values) in &got {
+        if !want.contains_key(key) {
+            differences.push(format!("{key:?}: {} unexpected outputs, e.g. {}", values.len(), values[0].1));
+        }
     }
-    Ok(())
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} output streams differ:\n{}", differences.len(), differences.join("\n")))
+    }
 }
 
-/// One test per scenario file on a broker kind, plus a check that no scenario lacks its test.
+/// One test per scenario file, plus a check that no scenario lacks its test.
 #[allow(unused_macros)]
 macro_rules! scenario_tests {
-    ($kind:expr) => {
-        scenario_tests!($kind;
+    () => {
+        scenario_tests!(
             auto_sync_off => "auto-sync-off",
             bad_lines => "bad-lines",
             companies_and_integrations => "companies-and-integrations",
@@ -487,11 +722,11 @@ macro_rules! scenario_tests {
             workflows_and_teams => "workflows-and-teams",
         );
     };
-    ($kind:expr; $($test:ident => $name:literal),* $(,)?) => {
+    ($($test:ident => $name:literal),* $(,)?) => {
         $(
             #[test]
             fn $test() {
-                play_scenario($kind, $name);
+                play_scenario($name);
             }
         )*
 
@@ -502,21 +737,22 @@ macro_rules! scenario_tests {
     };
 }
 
-/// Plays one scenario through a fresh broker and processor and checks the outputs.
-pub fn play_scenario(kind: BrokerKind, name: &str) {
-    let broker = match kind {
-        BrokerKind::Mock => Broker::mock(4, &[]),
-        BrokerKind::Tansu => Broker::tansu(4),
-    };
+/// Plays one scenario through the real broker under exactly-once and checks every output.
+pub fn play_scenario(name: &str) {
+    let broker = kafka();
+    let topics = Topics::create(broker, &format!("scenario-{name}"), 4);
     let (input, expected) = scenario(name);
     let expected = reproducible(&expected);
-    produce_lines(&broker, &input);
+    produce_lines(broker, &topics, &input);
     let state = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(&broker, &state.path().join("state"), &format!("scenario-{name}"), &[]);
-    let actual = consume_outputs(&broker, expected.len(), Duration::from_secs(60));
+    let group = format!("scenario-{name}");
+    let mut processor =
+        Processor::start(broker, &topics, &state.path().join("state"), &group, Guarantee::ExactlyOnce, &[]);
+    wait_until_processed(broker, &topics, &group, &mut processor, Duration::from_secs(120));
     let status = processor.stop();
-    if let Err(diff) = compare(&expected, &actual) {
-        panic!("scenario {name} on {kind:?}: {diff}\n--- processor log ---\n{}", processor.logs());
+    let actual = read_outputs(broker, &topics);
+    if let Err(diff) = compare(&expected, &actual, Duplicates::Fail) {
+        panic!("scenario {name}: {diff}\n--- processor log ---\n{}", processor.logs());
     }
     assert!(status.success(), "crmflow run exited with {status}:\n{}", processor.logs());
 }
