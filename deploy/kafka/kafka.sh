@@ -140,6 +140,9 @@ group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 num.partitions=1
+# Keep every record: test and demo records carry event-time stamps from 2024, which the default
+# 7-day retention deletes within 30 s of start (and outputs keep their inputs' stamps).
+log.retention.ms=-1
 
 # A small machine (2 cores): fewer threads.
 num.network.threads=2

@@ -365,9 +365,21 @@ fn group_offsets(
     for (_, topic) in config.topics.inputs() {
         wanted.add_partition(topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(wanted, CLIENT_TIMEOUT)
-        .map_err(|e| RunError::kafka(format!("reading the group's committed offsets of partition {partition}"), e))?;
+    // The group coordinator may be moving or loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS):
+    // such errors pass, so ask again until the client time-out.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let committed = loop {
+        match consumer.committed_offsets(wanted.clone(), CLIENT_TIMEOUT) {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(partition, "reading the group's committed offsets: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(RunError::kafka(format!("reading the group's committed offsets of partition {partition}"), e))
+            }
+        }
+    };
     Ok(committed
         .elements()
         .iter()

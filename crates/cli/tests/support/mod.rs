@@ -163,6 +163,19 @@ impl Broker {
 }
 
 impl Broker {
+    /// Kafka's own account of the producers (and their open transactions) of a partition, for
+    /// failure messages.
+    pub fn describe_producers(&self, topic: &str, partition: i32) -> String {
+        let output = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
+            .args(["tool", "TransactionsCommand", "--bootstrap-server", &self.address, "describe-producers"])
+            .args(["--topic", topic, "--partition", &partition.to_string()])
+            .output();
+        match output {
+            Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Sets one configuration property of a topic.
     pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
         use rdkafka::admin::{AlterConfig, ResourceSpecifier};
@@ -461,7 +474,11 @@ pub fn wait_until_processed(
         if let Some(status) = processor.exited() {
             panic!("crmflow run exited with {status} before processing everything:\n{}", processor.logs());
         }
-        let committed = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)).unwrap();
+        // The group coordinator may move or load meanwhile: ask again.
+        let Ok(committed) = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         let behind: Vec<String> = committed
             .elements()
             .iter()
@@ -529,7 +546,21 @@ pub fn read_outputs(broker: &Broker, topics: &Topics) -> Vec<Consumed> {
         if done {
             return records;
         }
-        assert!(Instant::now() < deadline, "outputs not readable to their end offsets {ends:?}: at {positions:?}");
+        if Instant::now() >= deadline {
+            let stuck: Vec<String> = ends
+                .iter()
+                .filter(|((topic, partition), end)| {
+                    **end > 0
+                        && positions
+                            .find_partition(topic, *partition)
+                            .is_none_or(|e| !matches!(e.offset(), Offset::Offset(o) if o >= **end))
+                })
+                .map(|((topic, partition), end)| {
+                    format!("{topic} [{partition}] (end {end}): {}", broker.describe_producers(topic, *partition))
+                })
+                .collect();
+            panic!("outputs not readable to their end offsets within 120 s:\n{}", stuck.join("\n"));
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let headers = m
