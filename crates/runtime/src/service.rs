@@ -148,46 +148,20 @@ impl Engine {
         }
     }
 
-    /// Whether the consumer has read everything the broker holds of each input stream of a
-    /// partition (KIP-695): only then may the merge stop waiting for it after `max_wait_ms`.
-    fn caught_up(
-        &self,
-        consumer: &BaseConsumer<InputContext>,
-        positions: &TopicPartitionList,
-        task: &PartitionTask,
-        partition: i32,
-    ) -> [bool; 3] {
-        INPUT_STREAMS.map(|stream| {
-            let topic = self.config.topics.input_topic(stream);
-            let (low, high) = cached_watermarks(consumer, topic, partition);
-            let fetched = positions.find_partition(topic, partition).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-            let next = task.consumed_until(topic).max(fetched).or((low >= 0).then_some(low));
-            high >= 0 && next.is_some_and(|next| next >= high)
-        })
-    }
-
     /// Processes what the merges release and hands the outputs to the producer.
     fn process_ready(&mut self, consumer: &BaseConsumer<InputContext>, now: i64) -> Result<(), RunError> {
+        let config = &self.config;
+        // Read from the client only when a merge asks about an input it has nothing buffered of.
         let mut positions: Option<TopicPartitionList> = None;
-        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
-        for partition in partitions {
-            let Some(task) = self.tasks.get(&partition) else { continue };
-            let caught_up = if task.empty_streams().next().is_some() && task.next_deadline().is_some() {
-                let positions = match &positions {
-                    Some(p) => p,
-                    None => positions.insert(consumer.position().unwrap_or_default()),
-                };
-                self.caught_up(consumer, positions, task, partition)
-            } else {
-                [true; 3]
+        for (&partition, task) in self.tasks.iter_mut() {
+            // Fixed while the merge releases records: nothing is consumed meanwhile.
+            let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
+            let caught_up = |stream: InputStream| {
+                let positions = positions.get_or_insert_with(|| consumer.position().unwrap_or_default());
+                let topic = config.topics.input_topic(stream);
+                input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
             };
-            if let Some(task) = self.tasks.get_mut(&partition) {
-                let caught_up = |stream: InputStream| caught_up[stream_index(stream)];
-                task.process_ready(now, caught_up, &self.config, &mut self.outputs, &mut self.progress)?;
-            }
+            task.process_ready(now, caught_up, config, &mut self.outputs, &mut self.progress)?;
         }
         if self.outputs.is_empty() {
             return Ok(());
@@ -339,6 +313,26 @@ impl Engine {
     fn next_deadline(&self) -> Option<i64> {
         self.tasks.values().filter_map(PartitionTask::next_deadline).min()
     }
+}
+
+/// Whether the consumer has read everything the broker holds of an input partition (KIP-695):
+/// only then may the merge stop waiting for it after `max_wait_ms`. `consumed` is the offset after
+/// the last record the task admitted, or where it was told to start.
+fn input_caught_up(
+    consumer: &BaseConsumer<InputContext>,
+    positions: &TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    consumed: Option<i64>,
+) -> bool {
+    let (low, high) = cached_watermarks(consumer, topic, partition);
+    // The client's position also moves past transaction markers, which are never admitted.
+    let fetched = positions.find_partition(topic, partition).and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    });
+    let next = consumed.max(fetched).or((low >= 0).then_some(low));
+    high >= 0 && next.is_some_and(|next| next >= high)
 }
 
 /// The producer record of an output.
