@@ -61,7 +61,7 @@ pub struct Broker {
     child: Child,
     /// Bootstrap address.
     pub address: String,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -85,11 +85,18 @@ pub fn kafka() -> &'static Broker {
 
 impl Broker {
     fn start_kafka() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("kafka.sh.log");
+        // Under the target directory, per test binary: the broker outlives this process by a
+        // moment (its script stops it once we are gone), so no temporary directory could be
+        // removed in time; the next start of this binary's broker wipes it.
+        let exe = std::env::current_exe().unwrap().file_stem().unwrap().to_string_lossy().into_owned();
+        // `kafka_scale-<hash>`: one directory per test file, whatever the build.
+        let binary = exe.rsplit_once('-').map_or(exe.as_str(), |(name, _)| name);
+        let broker_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka").join(binary);
+        fs::create_dir_all(&broker_dir).unwrap();
+        let log = broker_dir.with_extension("log");
         let mut child = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
             .arg("start")
-            .arg(dir.path().join("broker"))
+            .arg(&broker_dir)
             .env("CRMFLOW_KAFKA_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -105,7 +112,7 @@ impl Broker {
             "deploy/kafka/kafka.sh did not start the broker:\n{}",
             fs::read_to_string(&log).unwrap_or_default()
         );
-        Broker { child, address, _dir: dir }
+        Broker { child, address, _dir: None }
     }
 
     /// Starts `crmflow dev-broker` (librdkafka's mock cluster) with every default topic, plus
@@ -126,7 +133,7 @@ impl Broker {
         let address = wait_for("the dev broker's address", Duration::from_secs(20), || {
             fs::read_to_string(&address_file).ok().filter(|a| !a.is_empty())
         });
-        Broker { child, address, _dir: dir }
+        Broker { child, address, _dir: Some(dir) }
     }
 
     /// Partition count of each topic that exists, by name.
