@@ -286,6 +286,10 @@ impl Processor {
     ) -> Processor {
         let log = next_free(state_dir);
         let mut command = Command::new(run_binary());
+        // The test's own CRMFLOW_ variables (CRMFLOW_RUN_BIN, CRMFLOW_BLESS) are no configuration.
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CRMFLOW_")) {
+            command.env_remove(name);
+        }
         command
             .args(["run", "--report-seconds", "1"])
             .env("CRMFLOW_BROKERS", &broker.address)
