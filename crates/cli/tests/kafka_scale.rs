@@ -145,8 +145,8 @@ fn live_at_least_once_killed_repeatedly() {
 }
 
 /// A second member joins and leaves, several times, while live traffic arrives: partitions move
-/// back and forth (to a member with no state for them, then back to a stale store), and the
-/// outputs are still exactly simulate's.
+/// back and forth (to a member with no state for them, then back to a stale store); then the
+/// inputs gain partitions. The outputs are still exactly simulate's.
 #[test]
 fn rebalances_do_not_change_decisions() {
     let broker = kafka();
@@ -172,10 +172,16 @@ fn rebalances_do_not_change_decisions() {
         logs += &second.logs();
     }
     publisher.join().unwrap();
+    // Topic metadata changes too: every input grows by two partitions (co-partitioned still, and
+    // empty, since everything is produced), which rebalances the group once more.
+    for (_, topic) in topics.names.inputs() {
+        broker.add_partitions(topic, PARTITIONS as usize + 2);
+    }
     wait_until_processed(broker, &topics, group, &mut first, Duration::from_secs(600));
     assert!(first.stop().success(), "{}", first.logs());
     logs += &first.logs();
-    assert!(logs.matches("partitions revoked").count() >= 6, "members joined and left:\n{logs}");
+    assert!(logs.matches("partitions revoked").count() >= 7, "members joined and left:\n{logs}");
+    assert!(logs.contains("partition=9"), "the new partitions were assigned:\n{logs}");
     let actual = read_outputs(broker, &topics);
     compare(expected, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("{diff}\n{logs}"));
 }

@@ -370,7 +370,10 @@ fn group_offsets(
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => {
-                return Err(RunError::kafka(format!("reading the group's committed offsets of partition {partition}"), e))
+                return Err(RunError::kafka(
+                    format!("reading the group's committed offsets of partition {partition}"),
+                    e,
+                ))
             }
         }
     };

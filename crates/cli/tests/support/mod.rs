@@ -183,6 +183,18 @@ impl Broker {
         }
     }
 
+    /// Grows a topic to `total` partitions.
+    pub fn add_partitions(&self, topic: &str, total: usize) {
+        use rdkafka::admin::NewPartitions;
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = runtime
+            .block_on(admin.create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new()))
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "adding partitions to {topic}: {results:?}");
+    }
+
     /// Sets one configuration property of a topic.
     pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
         use rdkafka::admin::{AlterConfig, ResourceSpecifier};
