@@ -75,6 +75,9 @@ pub struct Progress {
     pub records: u64,
     /// Of those, records replayed only to rebuild lost state (their outputs were published before).
     pub replayed: u64,
+    /// Of those, records processed after a later-stamped record of their partition: they came
+    /// more than `max_wait_ms` late, and a replay may decide them differently.
+    pub late: u64,
     /// Recent outputs in words, for operators watching.
     pub samples: Samples,
 }
@@ -118,6 +121,8 @@ pub struct PartitionTask {
     consumed: BTreeMap<String, i64>,
     // The timestamp of the last record admitted, for records that come without one.
     last_timestamp: i64,
+    // The latest timestamp processed, to tell late records.
+    processed_until: i64,
 }
 
 impl PartitionTask {
@@ -147,6 +152,7 @@ impl PartitionTask {
             processed: BTreeMap::new(),
             plan,
             last_timestamp: 0,
+            processed_until: i64::MIN,
         })
     }
 
@@ -212,6 +218,17 @@ impl PartitionTask {
     ) -> Result<(), ProcessError> {
         progress.records += 1;
         self.processed.insert(record.topic.clone(), record.offset + 1);
+        if record.timestamp < self.processed_until {
+            progress.late += 1;
+            tracing::debug!(
+                partition = self.partition,
+                topic = %record.topic,
+                offset = record.offset,
+                behind_ms = self.processed_until - record.timestamp,
+                "late record: processed after a later-stamped one"
+            );
+        }
+        self.processed_until = self.processed_until.max(record.timestamp);
         let replaying = !self.plan.publishes(&record.topic, record.offset);
         if replaying {
             progress.replayed += 1;
@@ -381,6 +398,18 @@ mod tests {
         assert!(task.consumer_offsets().is_empty(), "committing 3 would publish 3 and 4 again after a crash");
         task.write_batch().unwrap();
         assert_eq!(task.stored.get("crm.changes"), Some(&3));
+    }
+
+    #[test]
+    fn records_processed_after_later_stamped_ones_are_counted_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task(dir.path(), Some(0), &[]);
+        task.admit(InputStream::CrmChanges, InputRecord { timestamp: 50, ..record(0) }, 0);
+        let (_, progress) = process_all(&mut task);
+        assert_eq!(progress.late, 0);
+        task.admit(InputStream::CrmChanges, InputRecord { timestamp: 40, ..record(1) }, 0);
+        let (_, progress) = process_all(&mut task);
+        assert_eq!(progress.late, 1, "stamped 40 after 50 was processed");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct Counters {
     pub records: u64,
     /// Of those, records replayed only to rebuild lost state.
     pub replayed: u64,
+    /// Of those, records processed after a later-stamped record of their partition.
+    pub late: u64,
     /// What the core decided.
     pub tally: Tally,
     /// Dead letters per kind.
@@ -31,7 +33,12 @@ impl Counters {
         format!(
             "{} records{} | provisioned {} | accepted {} (recorded {}, revised {}, retracted {}) | ignored {}{} | unmatched {} | duplicates {} | dead letters {} | lag {}",
             self.records,
-            if self.replayed > 0 { format!(" ({} replayed to rebuild state)", self.replayed) } else { String::new() },
+            match (self.replayed, self.late) {
+                (0, 0) => String::new(),
+                (replayed, 0) => format!(" ({replayed} replayed to rebuild state)"),
+                (0, late) => format!(" ({late} late)"),
+                (replayed, late) => format!(" ({replayed} replayed to rebuild state, {late} late)"),
+            },
             t.users_provisioned,
             t.recorded + t.revised + t.retracted,
             t.recorded,
@@ -55,6 +62,7 @@ impl Counters {
         };
         metric("input_records_total", "", self.records as i64);
         metric("replayed_records_total", "", self.replayed as i64);
+        metric("late_records_total", "", self.late as i64);
         metric("crm_changes_total", "{result=\"matched\"}", t.matched as i64);
         metric("crm_changes_total", "{result=\"unmatched\"}", t.unmatched as i64);
         metric("crm_changes_total", "{result=\"duplicate\"}", t.duplicates as i64);

@@ -303,6 +303,7 @@ impl Engine {
         Counters {
             records: self.progress.records,
             replayed: self.progress.replayed,
+            late: self.progress.late,
             tally: self.progress.tally.clone(),
             dead_letters: self.progress.dead_letters.clone(),
             lag,
