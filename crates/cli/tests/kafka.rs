@@ -197,3 +197,43 @@ fn an_oversized_bad_record_becomes_a_small_dead_letter() {
     assert!(dead.value.is_empty());
     assert!(dead.headers["crmflow.value.dropped"].starts_with("2097152 bytes"), "{:?}", dead.headers);
 }
+
+/// Two replicas configured with the same `instance_id` share a transactional id: the one fenced
+/// stops with a message that says so and what to change.
+#[test]
+fn replicas_sharing_an_instance_id_are_told_so() {
+    let broker = kafka();
+    let topics = Topics::create(broker, "same-instance", 2);
+    let (input, _) = scenario("seed-walkthrough");
+    let state = tempfile::tempdir().unwrap();
+    let env = [("CRMFLOW_INSTANCE_ID", "replica")];
+    let mut first =
+        Processor::start(broker, &topics, &state.path().join("first"), "same-instance", Guarantee::ExactlyOnce, &env);
+    produce_lines(broker, &topics, &input[..4]);
+    wait_until_processed(broker, &topics, "same-instance", &mut first, Duration::from_secs(60));
+    let mut second =
+        Processor::start(broker, &topics, &state.path().join("second"), "same-instance", Guarantee::ExactlyOnce, &env);
+    // Traffic for both partitions after the second took over the transactional id: the first
+    // meets the fence at its next transaction.
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo.jsonl");
+    let generated = std::process::Command::new(CRMFLOW)
+        .args(["generate", "--count", "300", "--companies", "8", "--output"])
+        .arg(&demo)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    produce_lines(broker, &topics, &read_lines(&demo));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = first.exited() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the fenced replica kept running:\n{}", first.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    second.stop();
+    assert!(!status.success());
+    assert!(first.logs().contains("give every replica its own instance_id"), "{}", first.logs());
+}

@@ -112,3 +112,33 @@ fn exactly_once_without_broker_transactions_names_at_least_once() {
     assert_fails_with(&output, "transactions");
     assert_fails_with(&output, "at_least_once");
 }
+
+/// A second SIGTERM exits at once, even while the first one waits for brokers that never answer.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(CRMFLOW)
+        .arg("run")
+        .env("CRMFLOW_STATE_DIR", state.path())
+        .env("CRMFLOW_BROKERS", format!("127.0.0.1:{port}"))
+        .env("CRMFLOW_STARTUP_TIMEOUT_MS", "60000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    let started = std::time::Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the first signal asks for a graceful stop, which waits");
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "still running after two signals");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+}
