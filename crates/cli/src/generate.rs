@@ -9,7 +9,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crmflow_codec::{Encoding, TopicNames};
 use crmflow_demo::{to_envelope_line, BadRecords, DemoConfig, DemoStream};
-use crmflow_runtime::kafka::send_waiting;
+use crmflow_runtime::producer::send_waiting;
 use crmflow_runtime::Shutdown;
 
 /// How much to generate, and how fast.

@@ -5,17 +5,24 @@
 //! - [`setup`]: start-up checks (brokers reachable, inputs co-partitioned, outputs exist).
 //! - [`merge`]: the pure timestamp-ordered merge of a partition's three input streams.
 //! - [`processor`]: one partition's record → decision → output mapping over its RocksDB store.
-//! - [`service`]: the consume → process → produce → commit loop, the only code that talks to Kafka.
+//! - [`resume`]: where an assigned partition's inputs resume, and which replayed records publish nothing.
+//! - [`engine`]: the partition tasks, the producer and the three commits (Kafka transaction,
+//!   RocksDB batch, consumer offsets); generic over the consumer's context.
+//! - [`consumer`]: the consumer's context (rebalance callbacks into the engine, lag);
+//!   [`producer`]: delivery tracking and a back-pressured send.
+//! - [`service`]: the wiring and the consume → process → produce → commit loop.
 //! - [`dev_broker`]: librdkafka's mock cluster as a standalone broker for development and tests.
 //! - [`report`]: counters and sample events for operators; [`shutdown`]: the stop signal.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod consumer;
 pub mod dev_broker;
+pub mod engine;
 pub mod error;
-pub mod kafka;
 pub mod merge;
 pub mod processor;
+pub mod producer;
 pub mod report;
 pub mod resume;
 pub mod service;

@@ -1,0 +1,432 @@
+//! The engine: the partition tasks, the producer and the three commits, shared between the
+//! processing loop and the consumer's rebalance callbacks. Generic over the consumer's context,
+//! so it knows nothing of how the consumer is wired (see [`crate::consumer`]).
+//!
+//! "Commit" means three things here, always in this order under each guarantee:
+//! - `exactly_once`: the **Kafka transaction** (outputs and consumer offsets), then each store's
+//!   **RocksDB batch**;
+//! - `at_least_once`: outputs acknowledged, each store's **RocksDB batch**, then the **consumer
+//!   offsets**.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crmflow_domain::InputStream;
+use crmflow_store::{StateStore, StoreOptions};
+
+use crate::config::{Config, ProcessingGuarantee};
+use crate::error::RunError;
+use crate::processor::{decode_record, Admission, OutputRecord, PartitionTask, Progress};
+use crate::producer::{send_waiting, DeliveryTracker};
+use crate::report::{Counters, Samples};
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The input streams in the merge's tie-break order.
+const INPUT_STREAMS: [InputStream; 3] = [InputStream::Settings, InputStream::Teams, InputStream::CrmChanges];
+
+fn stream_index(stream: InputStream) -> usize {
+    match stream {
+        InputStream::Settings => 0,
+        InputStream::Teams => 1,
+        InputStream::CrmChanges => 2,
+    }
+}
+
+/// The processing state: partition tasks and the producer, shared with the rebalance callback.
+pub struct Engine {
+    config: Config,
+    producer: ThreadedProducer<DeliveryTracker>,
+    tasks: BTreeMap<i32, PartitionTask>,
+    outputs: Vec<OutputRecord>,
+    progress: Progress,
+    in_transaction: bool,
+    commits: u64,
+    // A failure inside a callback, surfaced by the loop.
+    failure: Option<RunError>,
+}
+
+/// Milliseconds since the epoch: when a record arrived, for the merge's wait (never a record's time).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// An engine with no partitions yet, keeping `samples` sample outputs between reports.
+    pub fn new(config: Config, producer: ThreadedProducer<DeliveryTracker>, samples: usize) -> Self {
+        Engine {
+            config,
+            producer,
+            tasks: BTreeMap::new(),
+            outputs: Vec::new(),
+            progress: Progress { samples: Samples::new(samples), ..Progress::default() },
+            in_transaction: false,
+            commits: 0,
+            failure: None,
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts transactions (exactly_once): fences an earlier instance with the same id.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.init_transactions(timeout)
+    }
+
+    /// A failure a rebalance callback met, to be surfaced by the loop.
+    pub fn take_failure(&mut self) -> Option<RunError> {
+        self.failure.take()
+    }
+
+    /// The sample outputs since the last call.
+    pub fn take_samples(&mut self) -> Vec<String> {
+        self.progress.samples.take()
+    }
+
+    /// Opens the state stores of newly assigned partitions and positions every input of each
+    /// at the store's position, in the assignment itself (see [`crate::resume`]).
+    pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assignment: &TopicPartitionList) {
+        let partitions: BTreeSet<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+        for partition in partitions {
+            if let Err(e) = self.open_task(consumer, assignment, partition) {
+                tracing::error!(partition, "cannot open the partition: {e}");
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    fn open_task<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assignment: &TopicPartitionList,
+        partition: i32,
+    ) -> Result<(), RunError> {
+        let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
+        let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
+        let store = StateStore::open(&path, options)
+            .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
+        let group_offsets = group_offsets(consumer, &self.config, partition)?;
+        let topics: Vec<&str> = self.config.topics.inputs().iter().map(|(_, t)| *t).collect();
+        let task = PartitionTask::open(partition, store, self.config.max_wait_ms as i64, &topics, &group_offsets)?;
+        for (topic, resume) in task.plan().inputs() {
+            let offset = resume.start.map_or(Offset::Beginning, Offset::Offset);
+            if let Some(mut element) = assignment.find_partition(topic, partition) {
+                element
+                    .set_offset(offset)
+                    .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
+            }
+        }
+        for (topic, resume) in task.plan().replays() {
+            tracing::warn!(
+                topic,
+                partition,
+                from = resume.start.unwrap_or(0),
+                until = resume.published_until,
+                "the state store is behind what was published (a crash before its write, a lost state \
+                 directory or a partition new to this instance); replaying to rebuild state without \
+                 publishing again"
+            );
+        }
+        tracing::info!(partition, path = %path.display(), "opened state store");
+        self.tasks.insert(partition, task);
+        Ok(())
+    }
+
+    /// Routes a consumed input record to its partition's task.
+    pub fn admit(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(stream) = self.config.topics.input_stream(m.topic()) else { return };
+        let Some(task) = self.tasks.get_mut(&m.partition()) else {
+            tracing::warn!(topic = m.topic(), partition = m.partition(), "record of a partition not assigned here");
+            return;
+        };
+        // A record without a timestamp is ordered as if it came with the one before it: the
+        // wall clock would make a replay decide differently.
+        let timestamp = m.timestamp().to_millis().unwrap_or_else(|| task.last_timestamp());
+        let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &self.config);
+        if task.admit(stream, record, now_ms()) == Admission::AlreadyApplied {
+            tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "already applied");
+        }
+    }
+
+    /// Processes what the merges release and hands the outputs to the producer.
+    pub fn process_ready<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, now: i64) -> Result<(), RunError> {
+        let config = &self.config;
+        // Read from the client only when a merge asks about an input it has nothing buffered of.
+        let mut positions: Option<TopicPartitionList> = None;
+        for (&partition, task) in self.tasks.iter_mut() {
+            // Fixed while the merge releases records: nothing is consumed meanwhile.
+            let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
+            let caught_up = |stream: InputStream| {
+                let positions = positions.get_or_insert_with(|| consumer.position().unwrap_or_default());
+                let topic = config.topics.input_topic(stream);
+                input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
+            };
+            task.process_ready(now, caught_up, config, &mut self.outputs, &mut self.progress)?;
+        }
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        if self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction {
+            self.producer.begin_transaction().map_err(|e| self.transaction_error("beginning a transaction", e))?;
+            self.in_transaction = true;
+        }
+        for record in std::mem::take(&mut self.outputs) {
+            self.send(&record)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, record: &OutputRecord) -> Result<(), RunError> {
+        match send_waiting(&self.producer, base_record(record)) {
+            // A dead letter bigger than the producer may send would stop the instance at the same
+            // record after every restart: publish it without its value instead, saying so.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if record.is_dead_letter() => {
+                tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
+                send_waiting(&self.producer, base_record(&record.without_payload()))
+            }
+            other => other,
+        }
+        .map_err(|e| RunError::kafka(format!("producing to {}", record.topic), e))
+    }
+
+    /// Makes processed work durable. Three commits, in this order:
+    /// - `at_least_once`: outputs acknowledged, then each store's RocksDB batch, then the
+    ///   consumer offsets;
+    /// - `exactly_once`: the Kafka transaction (outputs and consumer offsets), then each
+    ///   store's RocksDB batch.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        let mut offsets = TopicPartitionList::new();
+        for task in self.tasks.values() {
+            for p in task.consumer_offsets() {
+                offsets
+                    .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                    .map_err(|e| RunError::kafka("building the offsets to commit", e))?;
+            }
+        }
+        let processed = self.tasks.values().any(PartitionTask::has_processed);
+        if !processed && !self.in_transaction {
+            return Ok(());
+        }
+        match self.config.processing_guarantee {
+            ProcessingGuarantee::AtLeastOnce => {
+                self.producer.flush(CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
+                let (failed, last) = self.producer.context().failures();
+                if failed > 0 {
+                    return Err(RunError::Delivery(format!(
+                        "{failed} output records were not delivered (last error: {}); offsets not committed",
+                        last.unwrap_or_default()
+                    )));
+                }
+                self.write_batches()?;
+                if offsets.count() > 0 {
+                    consumer
+                        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                        .map_err(|e| RunError::kafka("committing consumer offsets", e))?;
+                }
+            }
+            ProcessingGuarantee::ExactlyOnce => {
+                if offsets.count() > 0 && !self.in_transaction {
+                    self.producer
+                        .begin_transaction()
+                        .map_err(|e| self.transaction_error("beginning a transaction", e))?;
+                    self.in_transaction = true;
+                }
+                if self.in_transaction {
+                    let group = consumer
+                        .group_metadata()
+                        .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
+                    if offsets.count() > 0 {
+                        self.producer
+                            .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
+                            .map_err(|e| self.transaction_error("adding offsets to the transaction", e))?;
+                    }
+                    self.producer
+                        .commit_transaction(CLIENT_TIMEOUT)
+                        .map_err(|e| self.transaction_error("committing the transaction", e))?;
+                    self.in_transaction = false;
+                }
+                self.write_batches()?;
+            }
+        }
+        self.commits += 1;
+        Ok(())
+    }
+
+    /// A failed transaction call, telling a fenced instance apart (two replicas sharing an id).
+    fn transaction_error(&self, context: &str, error: KafkaError) -> RunError {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
+                RunError::Fenced(format!("{}.{}", self.config.application_id, self.config.instance_id))
+            }
+            _ => RunError::kafka(context, error),
+        }
+    }
+
+    /// Each store's RocksDB batch: staged state with the input positions it reflects.
+    fn write_batches(&mut self) -> Result<(), RunError> {
+        for task in self.tasks.values_mut() {
+            task.write_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Commits what is processed and lets the partitions go (called before a revocation).
+    pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.failure.is_none() {
+            if let Err(e) = self.commit(consumer) {
+                tracing::error!("commit before revocation failed: {e}");
+                self.failure.get_or_insert(e);
+            }
+        }
+        if self.failure.is_some() {
+            self.abandon();
+        }
+        // Dropping a task closes its store; anything uncommitted is redone by the next owner.
+        self.tasks.clear();
+        tracing::info!("partitions revoked; state stores closed");
+    }
+
+    /// Drops the round in progress after a failure: nothing of it may be committed. Aborts the
+    /// open transaction, and closes the stores without writing what they staged.
+    pub fn abandon(&mut self) {
+        self.outputs.clear();
+        if self.in_transaction {
+            if let Err(e) = self.producer.abort_transaction(CLIENT_TIMEOUT) {
+                tracing::error!("aborting the transaction failed: {e}");
+            }
+            self.in_transaction = false;
+        }
+        self.tasks.clear();
+    }
+
+    /// The counters since start, with the consumer lag the client reported.
+    pub fn counters(&self, lag: i64) -> Counters {
+        Counters {
+            records: self.progress.records,
+            replayed: self.progress.replayed,
+            late: self.progress.late,
+            tally: self.progress.tally.clone(),
+            dead_letters: self.progress.dead_letters.clone(),
+            lag,
+            commits: self.commits,
+        }
+    }
+
+    /// When the next buffered record may go at the latest, over all partitions.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.tasks.values().filter_map(PartitionTask::next_deadline).min()
+    }
+}
+
+/// The low and high watermarks of a partition as the consumer last saw them in a fetch response
+/// (no request to the broker); -1001 (`OFFSET_INVALID`) while unknown.
+pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> (i64, i64) {
+    let (mut low, mut high) = (-1001, -1001);
+    let Ok(topic) = CString::new(topic) else { return (low, high) };
+    // SAFETY: the client pointer is valid while `consumer` lives; librdkafka only reads the
+    // topic name and writes the two integers, under its own partition lock.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (-1001, -1001);
+    }
+    (low, high)
+}
+
+/// Whether the consumer has read everything the broker holds of an input partition (KIP-695):
+/// only then may the merge stop waiting for it after `max_wait_ms`. `consumed` is the offset after
+/// the last record the task admitted, or where it was told to start.
+fn input_caught_up<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    positions: &TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    consumed: Option<i64>,
+) -> bool {
+    let (low, high) = cached_watermarks(consumer, topic, partition);
+    // The client's position also moves past transaction markers, which are never admitted.
+    let fetched = positions.find_partition(topic, partition).and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    });
+    let next = consumed.max(fetched).or((low >= 0).then_some(low));
+    high >= 0 && next.is_some_and(|next| next >= high)
+}
+
+/// The producer record of an output.
+fn base_record(record: &OutputRecord) -> BaseRecord<'_, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &record.headers {
+        headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+    }
+    let mut base =
+        BaseRecord::to(&record.topic).payload(&record.payload[..]).timestamp(record.timestamp).headers(headers);
+    if let Some(key) = &record.key {
+        base = base.key(&key[..]);
+    }
+    base
+}
+
+/// The consumer group's committed offsets of one partition of the input topics.
+fn group_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    config: &Config,
+    partition: i32,
+) -> Result<BTreeMap<String, i64>, RunError> {
+    let mut wanted = TopicPartitionList::new();
+    for (_, topic) in config.topics.inputs() {
+        wanted.add_partition(topic, partition);
+    }
+    // The group coordinator may be moving or loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS):
+    // such errors pass, so ask again until the client time-out.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let committed = loop {
+        match consumer.committed_offsets(wanted.clone(), CLIENT_TIMEOUT) {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(partition, "reading the group's committed offsets: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(RunError::kafka(
+                    format!("reading the group's committed offsets of partition {partition}"),
+                    e,
+                ))
+            }
+        }
+    };
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some((e.topic().to_owned(), offset)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The engine, also when a callback panicked while holding it.
+pub fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A poisoned lock means a callback panicked; the state is still the last consistent one.
+    engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
