@@ -15,19 +15,19 @@
 #                        logs WARN to stderr
 #   kafka.sh classpath   print the java class path of the jars
 #
-# Environment (all optional):
-#   CRMFLOW_KAFKA_HOME   cache dir (default ~/.cache/crmflow/kafka-<version>)
+# Environment (all optional; none starts with CRMFLOW_, which crmflow reads as its configuration):
+#   KAFKA_CACHE_DIR      cache dir (default ~/.cache/crmflow/kafka-<version>)
 #   KAFKA_PORT           fixed broker port instead of a free one
 #   KAFKA_HEAP_OPTS      JVM heap flags (default -Xmx768m -Xms256m)
 #   KAFKA_START_TIMEOUT  seconds to wait for the broker to answer (default 60)
-#   CRMFLOW_KAFKA_PARENT_PID  stop when this process is gone (test binaries set it)
+#   KAFKA_PARENT_PID  stop when this process is gone (test binaries set it)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 pom=$here/pom.xml
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom" | head -n 1)
 [[ -n $version ]] || { echo "kafka.sh: no <kafka.version> in $pom" >&2; exit 1; }
-home=${CRMFLOW_KAFKA_HOME:-$HOME/.cache/crmflow/kafka-$version}
+home=${KAFKA_CACHE_DIR:-$HOME/.cache/crmflow/kafka-$version}
 libs=$home/libs
 marker=$home/.installed # holds the sha256 of the pom the libs were resolved from
 
@@ -274,11 +274,11 @@ cmd_start() {
   trap 'exit 0' TERM INT HUP
 
   # If this script is SIGKILLed no trap runs: a tiny watchdog then stops the orphaned broker.
-  # It also stops the script (and so the broker) once CRMFLOW_KAFKA_PARENT_PID is gone: a test
+  # It also stops the script (and so the broker) once KAFKA_PARENT_PID is gone: a test
   # binary that started this broker for its whole run cannot always stop it itself.
   (
     while kill -0 "$$" 2>/dev/null; do
-      if [[ -n ${CRMFLOW_KAFKA_PARENT_PID:-} ]] && ! kill -0 "$CRMFLOW_KAFKA_PARENT_PID" 2>/dev/null; then
+      if [[ -n ${KAFKA_PARENT_PID:-} ]] && ! kill -0 "$KAFKA_PARENT_PID" 2>/dev/null; then
         kill -TERM "$$" 2>/dev/null
       fi
       sleep 1

@@ -4,7 +4,7 @@
 set -euo pipefail
 bin=$1
 brokers=${BROKERS:-}
-workdir=${CRMFLOW_RUN_DIR:-state/local}
+workdir=${LOCAL_RUN_DIR:-state/local}
 mkdir -p "$workdir"
 
 children=()

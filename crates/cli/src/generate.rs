@@ -87,16 +87,10 @@ pub fn publish(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        // Stamped with the wall clock like a live connector, the bad record with its event.
+        // Stamped with the wall clock like a live connector; a bad record follows its event, as
+        // in the file form.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        if let Some(record) = bad.after(&event, topics) {
-            let mut base: BaseRecord<'_, str, [u8]> =
-                BaseRecord::to(&record.topic).payload(&record.value[..]).timestamp(now);
-            if let Some(key) = &record.key {
-                base = base.key(key.as_str());
-            }
-            send_waiting(&producer, base).with_context(|| format!("producing to {} at {brokers}", record.topic))?;
-        }
+        let bad_record = bad.after(&event, topics);
         let event = event.event;
         let topic = topics.input_topic(event.stream());
         let payload = match encoding {
@@ -108,6 +102,14 @@ pub fn publish(
         let record: BaseRecord<'_, str, [u8]> =
             BaseRecord::to(topic).key(event.company_id()).payload(&payload[..]).timestamp(now);
         send_waiting(&producer, record).with_context(|| format!("producing to {topic} at {brokers}"))?;
+        if let Some(malformed) = &bad_record {
+            let mut base: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(&malformed.topic).payload(&malformed.value[..]).timestamp(now);
+            if let Some(key) = &malformed.key {
+                base = base.key(key.as_str());
+            }
+            send_waiting(&producer, base).with_context(|| format!("producing to {} at {brokers}", malformed.topic))?;
+        }
         sent += 1;
     }
     producer.flush(Duration::from_secs(30)).context("flushing generated events")?;

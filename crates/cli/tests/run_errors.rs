@@ -8,7 +8,7 @@ use support::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let state = tempfile::tempdir().unwrap();
-    let mut command = Command::new(CRMFLOW);
+    let mut command = crmflow_command(CRMFLOW);
     command.arg("run").args(args).env("CRMFLOW_STATE_DIR", state.path());
     for (k, v) in env {
         command.env(k, v);
@@ -70,7 +70,7 @@ fn a_missing_input_topic_is_named() {
 fn logs_can_be_json_lines() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let state = tempfile::tempdir().unwrap();
-    let output = Command::new(CRMFLOW)
+    let output = crmflow_command(CRMFLOW)
         .args(["--log-format", "json", "run"])
         .env("CRMFLOW_STATE_DIR", state.path())
         .env("CRMFLOW_BROKERS", format!("127.0.0.1:{port}"))
@@ -118,7 +118,7 @@ fn exactly_once_without_broker_transactions_names_at_least_once() {
 fn a_second_signal_exits_at_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let state = tempfile::tempdir().unwrap();
-    let mut child = Command::new(CRMFLOW)
+    let mut child = crmflow_command(CRMFLOW)
         .arg("run")
         .env("CRMFLOW_STATE_DIR", state.path())
         .env("CRMFLOW_BROKERS", format!("127.0.0.1:{port}"))

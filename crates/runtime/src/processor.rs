@@ -1,5 +1,5 @@
 //! One partition's processing: records in, decisions made against its state store, records out.
-//! No Kafka here: the service hands records in and sends what comes back.
+//! No Kafka here: the engine hands records in and sends what comes back.
 
 use std::collections::BTreeMap;
 

@@ -27,14 +27,24 @@ use crmflow_codec::{decode_output, Encoding, Envelope, TopicNames};
 /// The crmflow binary under test.
 pub const CRMFLOW: &str = env!("CARGO_BIN_EXE_crmflow");
 
-/// The binary `crmflow run` starts from: `CRMFLOW_RUN_BIN` points the Kafka tests at another
+/// The binary `crmflow run` starts from: `TEST_CRMFLOW_BIN` points the Kafka tests at another
 /// build (to show that a test fails on the code before a fix).
 fn run_binary() -> String {
-    std::env::var("CRMFLOW_RUN_BIN").unwrap_or_else(|_| CRMFLOW.to_owned())
+    std::env::var("TEST_CRMFLOW_BIN").unwrap_or_else(|_| CRMFLOW.to_owned())
 }
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A command for a crmflow binary without the test's own `CRMFLOW_` variables (`CRMFLOW_BLESS`,
+/// say), which crmflow would read as configuration: each test sets what it means.
+pub fn crmflow_command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CRMFLOW_")) {
+        command.env_remove(name);
+    }
+    command
 }
 
 /// The processing guarantee a run is started with.
@@ -97,7 +107,7 @@ impl Broker {
         let mut child = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
             .arg("start")
             .arg(&broker_dir)
-            .env("CRMFLOW_KAFKA_PARENT_PID", std::process::id().to_string())
+            .env("KAFKA_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).unwrap())
@@ -297,11 +307,7 @@ impl Processor {
         env: &[(&str, &str)],
     ) -> Processor {
         let log = next_free(state_dir);
-        let mut command = Command::new(run_binary());
-        // The test's own CRMFLOW_ variables (CRMFLOW_RUN_BIN, CRMFLOW_BLESS) are no configuration.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CRMFLOW_")) {
-            command.env_remove(name);
-        }
+        let mut command = crmflow_command(&run_binary());
         command
             .args(["run", "--report-seconds", "1"])
             .env("CRMFLOW_BROKERS", &broker.address)
