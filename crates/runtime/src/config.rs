@@ -299,12 +299,17 @@ impl Config {
         set_default(&mut config, "enable.idempotence", "true");
         set_default(&mut config, "linger.ms", "5");
         if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-            config.set("transactional.id", format!("{}.{}", self.application_id, self.instance_id));
+            config.set("transactional.id", self.transactional_id());
             // As Kafka Streams does: a crashed instance's open transaction holds back its
             // partitions' committed offsets (and read_committed readers) until it times out.
             set_default(&mut config, "transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT_MS.to_string());
         }
         config
+    }
+
+    /// The producer's transactional id under exactly-once: `application_id.instance_id`.
+    pub fn transactional_id(&self) -> String {
+        format!("{}.{}", self.application_id, self.instance_id)
     }
 
     /// The encoding of an output topic's values.

@@ -269,7 +269,7 @@ impl Engine {
     fn transaction_error(&self, context: &str, error: KafkaError) -> RunError {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
-                RunError::Fenced(format!("{}.{}", self.config.application_id, self.config.instance_id))
+                RunError::Fenced(self.config.transactional_id())
             }
             _ => RunError::kafka(context, error),
         }

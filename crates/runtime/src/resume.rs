@@ -68,7 +68,7 @@ impl ResumePlan {
         }
     }
 
-    /// Topics that replay records whose outputs are already published: how many records each.
+    /// Topics that replay records whose outputs are already published, with where they resume.
     pub fn replays(&self) -> impl Iterator<Item = (&str, InputResume)> {
         self.inputs().filter(|(_, r)| r.start.unwrap_or(0) < r.published_until)
     }

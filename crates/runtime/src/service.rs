@@ -104,7 +104,7 @@ fn process_until_stopped(
     observer: &mut dyn Observer,
     lag: &AtomicI64,
 ) -> Result<(), RunError> {
-    let commit_every = Duration::from_millis(engine_config(engine).commit_interval_ms);
+    let commit_every = Duration::from_millis(lock(engine).config().commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
     while !shutdown.is_requested() {
@@ -137,10 +137,6 @@ fn process_until_stopped(
         }
     }
     lock(engine).commit(consumer)
-}
-
-fn engine_config(engine: &Mutex<Engine>) -> Config {
-    lock(engine).config().clone()
 }
 
 /// Logs a consumer error that the client recovers from by itself; stops on one it cannot.
