@@ -62,46 +62,93 @@ fn inputs_are_merged_by_timestamp_not_arrival() {
     assert_eq!(late[0]["team_id"], "oslo");
 }
 
-/// Runs the seed walk-through in two parts, with `between` done while the processor is stopped,
-/// and checks the outputs of both runs together: none missing, none extra, none twice.
-fn two_runs(name: &str, guarantee: Guarantee, between: impl FnOnce(&Path)) -> String {
+/// Runs the seed walk-through in parts split at `splits`, with `between(i, state_dir, topics)` done while
+/// the processor is stopped after part `i`, and checks the outputs of all runs together: none
+/// missing, none extra, none twice. Returns the last run's logs.
+fn runs_in_parts(
+    name: &str,
+    guarantee: Guarantee,
+    splits: &[usize],
+    mut between: impl FnMut(usize, &Path, &Topics),
+) -> String {
     let broker = kafka();
     let topics = Topics::create(broker, name, 2);
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
     let (input, expected) = scenario("seed-walkthrough");
-    let (first, rest) = input.split_at(4);
-    produce_lines(broker, &topics, first);
-    let mut processor = Processor::start(broker, &topics, &state_dir, name, guarantee, &[]);
-    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
-    assert!(processor.stop().success(), "{}", processor.logs());
-    assert_eq!(read_outputs(broker, &topics).len(), 2);
-    between(&state_dir);
-
-    produce_lines(broker, &topics, rest);
-    let mut processor = Processor::start(broker, &topics, &state_dir, name, guarantee, &[]);
-    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
-    assert!(processor.stop().success(), "{}", processor.logs());
-    let actual = read_outputs(broker, &topics);
-    compare(&expected, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
-    processor.logs()
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(splits);
+    bounds.push(input.len());
+    let mut logs = String::new();
+    for (part, range) in bounds.windows(2).enumerate() {
+        if part > 0 {
+            between(part - 1, &state_dir, &topics);
+        }
+        produce_lines(broker, &topics, &input[range[0]..range[1]]);
+        let mut processor = Processor::start(broker, &topics, &state_dir, name, guarantee, &[]);
+        wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
+        assert!(processor.stop().success(), "{}", processor.logs());
+        logs = processor.logs();
+        let so_far = simulate(&input[..range[1]]);
+        let actual = read_outputs(broker, &topics);
+        compare(&so_far, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("after part {part}: {diff}\n{logs}"));
+    }
+    assert_eq!(simulate(&input).len(), expected.len());
+    logs
 }
 
 /// A restart reuses the state directory: nothing is re-emitted, and state carries over.
 #[test]
 fn restart_resumes_from_the_state_directory() {
-    two_runs("restart", Guarantee::ExactlyOnce, |state_dir| {
+    runs_in_parts("restart", Guarantee::ExactlyOnce, &[4], |_, state_dir, _| {
         assert!(state_dir.read_dir().unwrap().next().is_some(), "state directory was written");
     });
 }
 
-/// A lost state directory is rebuilt from the input topics, without publishing anything twice.
+/// A lost state directory is restored from the changelog, even when the inputs' history is gone
+/// too (retention): the workflow and the user saved before it are remembered, and nothing is
+/// published twice.
 #[test]
-fn a_lost_state_directory_is_rebuilt_from_the_inputs() {
+fn a_lost_state_directory_is_restored_from_the_changelog_without_the_inputs_history() {
     for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
         let name = format!("rebuild-{}", guarantee.as_str());
-        let logs = two_runs(&name, guarantee, |state_dir| std::fs::remove_dir_all(state_dir).unwrap());
-        assert!(logs.contains("replaying to rebuild state"), "{logs}");
+        let logs = runs_in_parts(&name, guarantee, &[4], |_, state_dir, topics| {
+            std::fs::remove_dir_all(state_dir).unwrap();
+            for (_, topic) in topics.names.inputs() {
+                kafka().delete_all_records(topic);
+            }
+        });
+        assert!(logs.contains("restoring the store in full"), "{logs}");
+        assert!(logs.contains("restored the state store from its changelog"), "{logs}");
+        assert!(!logs.contains("replaying to rebuild state"), "the inputs were not needed: {logs}");
+    }
+}
+
+/// A state directory copied back from an earlier point restores only the changelog's tail.
+#[test]
+fn a_stale_state_directory_restores_only_the_changelog_tail() {
+    let snapshot = tempfile::tempdir().unwrap();
+    let logs = runs_in_parts("stale-state", Guarantee::ExactlyOnce, &[3, 5], |part, state_dir, _| match part {
+        0 => copy_dir(state_dir, snapshot.path()),
+        _ => {
+            std::fs::remove_dir_all(state_dir).unwrap();
+            copy_dir(snapshot.path(), state_dir);
+        }
+    });
+    assert!(logs.contains("restoring the tail"), "{logs}");
+    assert!(!logs.contains("restoring the store in full"), "{logs}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 

@@ -293,6 +293,25 @@ impl Config {
         config
     }
 
+    /// The consumer that restores state stores from their changelog: no group (it is assigned
+    /// partitions directly and commits nothing), committed records only.
+    pub fn restore_consumer_config(&self) -> ClientConfig {
+        let mut config = self.client_config_with(&self.kafka_consumer);
+        config
+            .set("group.id", format!("{}-restore", self.application_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest");
+        config
+    }
+
+    /// The compacted topic that mirrors every state store write, one partition per input
+    /// partition: `<application_id>-projections-changelog`.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}-projections-changelog", self.application_id)
+    }
+
     /// The producer: idempotent always, transactional under exactly-once.
     pub fn producer_config(&self) -> ClientConfig {
         let mut config = self.client_config_with(&self.kafka_producer);

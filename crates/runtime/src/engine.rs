@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -22,13 +23,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crmflow_domain::InputStream;
-use crmflow_store::{StateStore, StoreOptions};
+use crmflow_store::{ChangelogRecord, StateStore, StoreOptions};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
-use crate::processor::{decode_record, Admission, OutputRecord, PartitionTask, Progress};
+use crate::processor::{decode_record, Admission, InputRecord, OutputRecord, PartitionTask, Progress};
 use crate::producer::{send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
+use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
+use crate::setup;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,6 +57,32 @@ pub struct Engine {
     commits: u64,
     // A failure inside a callback, surfaced by the loop.
     failure: Option<RunError>,
+    changelog: Changelog,
+    // Partitions whose stores are restoring: no task yet, inputs paused.
+    restoring: BTreeMap<i32, RestoringPartition>,
+    // Restoring partitions assigned inside a callback, whose inputs the loop has yet to pause.
+    to_pause: BTreeSet<i32>,
+    restored_records: Arc<AtomicU64>,
+}
+
+/// A partition whose store is restoring. Its inputs were assigned at concrete offsets (the
+/// group's, else the topic's start): a seek racing the client's own offset look-up could be lost.
+/// What is fetched before the pause takes effect is kept, and handed to the task at the end.
+struct RestoringPartition {
+    restoring: Restoring,
+    assigned: BTreeMap<String, i64>,
+    fetched: Vec<(InputStream, InputRecord)>,
+    last_timestamp: i64,
+}
+
+/// The changelog topic, and a client (no group, read_committed) to read its offsets.
+pub struct Changelog {
+    /// Its name.
+    pub topic: String,
+    /// Reads its committed offsets and metadata.
+    pub client: BaseConsumer,
+    /// Its partition count as last seen (it grows with the inputs).
+    pub partitions: i32,
 }
 
 /// Milliseconds since the epoch: when a record arrived, for the merge's wait (never a record's time).
@@ -63,8 +92,17 @@ pub fn now_ms() -> i64 {
 
 impl Engine {
     /// An engine with no partitions yet, keeping `samples` sample outputs between reports.
-    pub fn new(config: Config, producer: ThreadedProducer<DeliveryTracker>, samples: usize) -> Self {
+    pub fn new(
+        config: Config,
+        producer: ThreadedProducer<DeliveryTracker>,
+        changelog: Changelog,
+        samples: usize,
+    ) -> Self {
         Engine {
+            changelog,
+            restoring: BTreeMap::new(),
+            to_pause: BTreeSet::new(),
+            restored_records: Arc::new(AtomicU64::new(0)),
             config,
             producer,
             tasks: BTreeMap::new(),
@@ -96,37 +134,128 @@ impl Engine {
         self.progress.samples.take()
     }
 
-    /// Opens the state stores of newly assigned partitions and positions every input of each
-    /// at the store's position, in the assignment itself (see [`crate::resume`]).
+    /// Opens the state stores of newly assigned partitions. A current store's partition is
+    /// positioned at the store's offsets in the assignment itself (see [`crate::resume`]); a
+    /// stale or missing store starts restoring from its changelog, its inputs to be paused
+    /// (see [`crate::restore`]).
     pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assignment: &TopicPartitionList) {
         let partitions: BTreeSet<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+        if let Some(needed) = partitions.last().map(|p| p + 1) {
+            if needed > self.changelog.partitions {
+                // The inputs grew: the changelog grows with them.
+                match setup::ensure_changelog(&self.changelog.client, &self.config, needed, false) {
+                    Ok(()) => {
+                        self.changelog.partitions = needed;
+                        // The producer learns of the new partitions before it writes to them.
+                        let topic = Some(self.changelog.topic.as_str());
+                        if let Err(e) = self.producer.client().fetch_metadata(topic, CLIENT_TIMEOUT) {
+                            tracing::warn!("refreshing the changelog's metadata: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        self.failure.get_or_insert(e);
+                        return;
+                    }
+                }
+            }
+        }
         for partition in partitions {
-            if let Err(e) = self.open_task(consumer, assignment, partition) {
+            if let Err(e) = self.assign_partition(consumer, assignment, partition) {
                 tracing::error!(partition, "cannot open the partition: {e}");
                 self.failure.get_or_insert(e);
             }
         }
     }
 
-    fn open_task<C: ConsumerContext>(
+    fn assign_partition<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         assignment: &TopicPartitionList,
         partition: i32,
     ) -> Result<(), RunError> {
+        let store = self.open_store(partition)?;
+        let topic = &self.changelog.topic;
+        let (low, high) = self
+            .changelog
+            .client
+            .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
+            .map_err(|e| RunError::kafka(format!("reading the offsets of `{topic}` [{partition}]"), e))?;
+        let (store, from) = match restore::plan(store.changelog_next()?, !store.is_empty()?, low, high) {
+            RestorePlan::Current => return self.open_task(consumer, Some(assignment), partition, store),
+            RestorePlan::Tail { from } => {
+                tracing::info!(
+                    partition,
+                    from,
+                    until = high,
+                    "the state store is behind its changelog; restoring the tail"
+                );
+                (store, from)
+            }
+            RestorePlan::Full { reason } => {
+                tracing::warn!(partition, records = high - low, "{reason}; restoring the store in full from `{topic}`");
+                store.destroy()?;
+                (self.open_store(partition)?, low)
+            }
+        };
+        // Nothing is processed until the restore ends; the inputs start where the group is.
+        let group = group_offsets(consumer, &self.config, partition)?;
+        let mut assigned = BTreeMap::new();
+        for (_, input) in self.config.topics.inputs() {
+            let offset = match group.get(input) {
+                Some(offset) => *offset,
+                None => self.low_watermark(input, partition)?,
+            };
+            if let Some(mut element) = assignment.find_partition(input, partition) {
+                element
+                    .set_offset(Offset::Offset(offset))
+                    .map_err(|e| RunError::kafka(format!("positioning {input} [{partition}]"), e))?;
+            }
+            assigned.insert(input.to_owned(), offset);
+        }
+        let range = RestoreRange { topic: topic.clone(), partition, from, until: high };
+        let restoring = Restoring::start(&self.config, store, range, self.restored_records.clone())?;
+        let pending = RestoringPartition { restoring, assigned, fetched: Vec::new(), last_timestamp: 0 };
+        self.restoring.insert(partition, pending);
+        self.to_pause.insert(partition);
+        Ok(())
+    }
+
+    fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, RunError> {
+        let (low, _) = self
+            .changelog
+            .client
+            .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
+            .map_err(|e| RunError::kafka(format!("reading the offsets of `{topic}` [{partition}]"), e))?;
+        Ok(low)
+    }
+
+    fn open_store(&self, partition: i32) -> Result<StateStore, RunError> {
         let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
         let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
-        let store = StateStore::open(&path, options)
-            .map_err(|e| RunError::Store { path: path.display().to_string(), message: e.to_string() })?;
+        Ok(StateStore::open(&path, options)?)
+    }
+
+    /// Opens the task of a partition whose store is current; inside the rebalance callback, it
+    /// positions its inputs at the store's offsets in the `assignment`.
+    fn open_task<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        assignment: Option<&TopicPartitionList>,
+        partition: i32,
+        store: StateStore,
+    ) -> Result<(), RunError> {
+        let path = store.path().to_owned();
         let group_offsets = group_offsets(consumer, &self.config, partition)?;
         let topics: Vec<&str> = self.config.topics.inputs().iter().map(|(_, t)| *t).collect();
         let task = PartitionTask::open(partition, store, self.config.max_wait_ms as i64, &topics, &group_offsets)?;
-        for (topic, resume) in task.plan().inputs() {
-            let offset = resume.start.map_or(Offset::Beginning, Offset::Offset);
-            if let Some(mut element) = assignment.find_partition(topic, partition) {
-                element
-                    .set_offset(offset)
-                    .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
+        if let Some(assignment) = assignment {
+            for (topic, resume) in task.plan().inputs() {
+                let offset = resume.start.map_or(Offset::Beginning, Offset::Offset);
+                if let Some(mut element) = assignment.find_partition(topic, partition) {
+                    element
+                        .set_offset(offset)
+                        .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
+                }
             }
         }
         for (topic, resume) in task.plan().replays() {
@@ -135,9 +264,8 @@ impl Engine {
                 partition,
                 from = resume.start.unwrap_or(0),
                 until = resume.published_until,
-                "the state store is behind what was published (a crash before its write, a lost state \
-                 directory or a partition new to this instance); replaying to rebuild state without \
-                 publishing again"
+                "the state store is behind what was published (a changelog that predates this data, or \
+                 at_least_once); replaying to rebuild state without publishing again"
             );
         }
         tracing::info!(partition, path = %path.display(), "opened state store");
@@ -145,10 +273,93 @@ impl Engine {
         Ok(())
     }
 
+    /// Pauses the inputs of partitions that began restoring in the last rebalance.
+    pub fn pause_restoring<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        let mut paused = TopicPartitionList::new();
+        for partition in std::mem::take(&mut self.to_pause) {
+            for (_, topic) in self.config.topics.inputs() {
+                paused.add_partition(topic, partition);
+            }
+        }
+        if paused.count() > 0 {
+            consumer.pause(&paused).map_err(|e| RunError::kafka("pausing restoring partitions", e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the tasks of partitions whose restore ended, hands them what was fetched meanwhile,
+    /// and resumes their inputs. An input whose store position is below where it was assigned
+    /// (a changelog that does not cover the group's progress) is sought back to it.
+    pub fn finish_restores<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        let done: Vec<i32> =
+            self.restoring.iter().filter(|(_, r)| r.restoring.is_finished()).map(|(p, _)| *p).collect();
+        for partition in done {
+            let Some(pending) = self.restoring.remove(&partition) else { continue };
+            let restored = pending.restoring.join()?;
+            self.open_task(consumer, None, partition, restored.store)?;
+            let mut seek = TopicPartitionList::new();
+            let mut inputs = TopicPartitionList::new();
+            let starts: Vec<(String, Option<i64>)> = match self.tasks.get(&partition) {
+                Some(task) => task.plan().inputs().map(|(topic, resume)| (topic.to_owned(), resume.start)).collect(),
+                None => continue,
+            };
+            for (topic, start) in starts {
+                let start = match start {
+                    Some(start) => start,
+                    None => self.low_watermark(&topic, partition)?,
+                };
+                inputs.add_partition(&topic, partition);
+                if pending.assigned.get(&topic).is_some_and(|assigned| start < *assigned) {
+                    seek.add_partition_offset(&topic, partition, Offset::Offset(start))
+                        .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
+                }
+            }
+            let Some(task) = self.tasks.get_mut(&partition) else { continue };
+            let now = now_ms();
+            for (stream, record) in pending.fetched {
+                // Records of an input sought back come again.
+                if seek.find_partition(&record.topic, partition).is_none() {
+                    task.admit(stream, record, now);
+                }
+            }
+            // Resume before seeking: resuming moves the fetch back to where the application last
+            // consumed, which would undo the seek. Nothing is polled in between.
+            consumer.resume(&inputs).map_err(|e| RunError::kafka(format!("resuming partition {partition}"), e))?;
+            if seek.count() > 0 {
+                let sought = consumer
+                    .seek_partitions(seek, CLIENT_TIMEOUT)
+                    .map_err(|e| RunError::kafka(format!("seeking the inputs of partition {partition}"), e))?;
+                for element in sought.elements() {
+                    element
+                        .error()
+                        .map_err(|e| RunError::kafka(format!("seeking {} [{partition}]", element.topic()), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the restores in progress; each keeps its progress in its store.
+    fn cancel_restores(&mut self) {
+        self.to_pause.clear();
+        for (_, pending) in std::mem::take(&mut self.restoring) {
+            pending.restoring.cancel();
+        }
+    }
+
     /// Routes a consumed input record to its partition's task.
     pub fn admit(&mut self, m: &BorrowedMessage<'_>) {
         let Some(stream) = self.config.topics.input_stream(m.topic()) else { return };
         let Some(task) = self.tasks.get_mut(&m.partition()) else {
+            if let Some(pending) = self.restoring.get_mut(&m.partition()) {
+                // Fetched before the pause took effect: kept for the task.
+                let timestamp = m.timestamp().to_millis().unwrap_or(pending.last_timestamp);
+                pending.last_timestamp = timestamp;
+                let record =
+                    decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &self.config);
+                pending.fetched.push((stream, record));
+                return;
+            }
             tracing::warn!(topic = m.topic(), partition = m.partition(), "record of a partition not assigned here");
             return;
         };
@@ -209,12 +420,14 @@ impl Engine {
     ///   store's RocksDB batch.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
         let mut offsets = TopicPartitionList::new();
+        let mut changelog = Vec::new();
         for task in self.tasks.values() {
             for p in task.consumer_offsets() {
                 offsets
                     .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
                     .map_err(|e| RunError::kafka("building the offsets to commit", e))?;
             }
+            changelog.push((task.partition(), task.changelog_records()?));
         }
         let processed = self.tasks.values().any(PartitionTask::has_processed);
         if !processed && !self.in_transaction {
@@ -222,6 +435,7 @@ impl Engine {
         }
         match self.config.processing_guarantee {
             ProcessingGuarantee::AtLeastOnce => {
+                self.send_changelog(&changelog)?;
                 self.producer.flush(CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
                 let (failed, last) = self.producer.context().failures();
                 if failed > 0 {
@@ -238,30 +452,46 @@ impl Engine {
                 }
             }
             ProcessingGuarantee::ExactlyOnce => {
-                if offsets.count() > 0 && !self.in_transaction {
+                if !self.in_transaction {
                     self.producer
                         .begin_transaction()
                         .map_err(|e| self.transaction_error("beginning a transaction", e))?;
                     self.in_transaction = true;
                 }
-                if self.in_transaction {
-                    let group = consumer
-                        .group_metadata()
-                        .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
-                    if offsets.count() > 0 {
-                        self.producer
-                            .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
-                            .map_err(|e| self.transaction_error("adding offsets to the transaction", e))?;
-                    }
+                self.send_changelog(&changelog)?;
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
+                if offsets.count() > 0 {
                     self.producer
-                        .commit_transaction(CLIENT_TIMEOUT)
-                        .map_err(|e| self.transaction_error("committing the transaction", e))?;
-                    self.in_transaction = false;
+                        .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
+                        .map_err(|e| self.transaction_error("adding offsets to the transaction", e))?;
                 }
+                self.producer
+                    .commit_transaction(CLIENT_TIMEOUT)
+                    .map_err(|e| self.transaction_error("committing the transaction", e))?;
+                self.in_transaction = false;
                 self.write_batches()?;
             }
         }
         self.commits += 1;
+        Ok(())
+    }
+
+    /// Publishes the state writes of each partition to its changelog partition (inside the
+    /// open transaction under `exactly_once`).
+    fn send_changelog(&self, changelog: &[(i32, Vec<ChangelogRecord>)]) -> Result<(), RunError> {
+        let topic = &self.changelog.topic;
+        for (partition, records) in changelog {
+            for record in records {
+                let mut base = BaseRecord::to(topic).partition(*partition).key(&record.key[..]);
+                if let Some(value) = &record.value {
+                    base = base.payload(&value[..]);
+                }
+                send_waiting(&self.producer, base)
+                    .map_err(|e| RunError::kafka(format!("producing to {topic} [{partition}]"), e))?;
+            }
+        }
         Ok(())
     }
 
@@ -275,16 +505,19 @@ impl Engine {
         }
     }
 
-    /// Each store's RocksDB batch: staged state with the input positions it reflects.
+    /// Each store's RocksDB batch: staged state with the input positions and the changelog
+    /// offset it reflects. Called once the outputs and the changelog records are durable.
     fn write_batches(&mut self) -> Result<(), RunError> {
+        let changelog_next = self.producer.context().take_changelog_next();
         for task in self.tasks.values_mut() {
-            task.write_batch()?;
+            task.write_batch(changelog_next.get(&task.partition()).copied())?;
         }
         Ok(())
     }
 
     /// Commits what is processed and lets the partitions go (called before a revocation).
     pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.cancel_restores();
         if self.failure.is_none() {
             if let Err(e) = self.commit(consumer) {
                 tracing::error!("commit before revocation failed: {e}");
@@ -302,6 +535,7 @@ impl Engine {
     /// Drops the round in progress after a failure: nothing of it may be committed. Aborts the
     /// open transaction, and closes the stores without writing what they staged.
     pub fn abandon(&mut self) {
+        self.cancel_restores();
         self.outputs.clear();
         if self.in_transaction {
             if let Err(e) = self.producer.abort_transaction(CLIENT_TIMEOUT) {
@@ -309,6 +543,8 @@ impl Engine {
             }
             self.in_transaction = false;
         }
+        // Offsets of aborted changelog records must not reach a RocksDB batch.
+        self.producer.context().take_changelog_next();
         self.tasks.clear();
     }
 
@@ -322,6 +558,8 @@ impl Engine {
             dead_letters: self.progress.dead_letters.clone(),
             lag,
             commits: self.commits,
+            restoring: self.restoring.len(),
+            restored: self.restored_records.load(Ordering::Relaxed),
         }
     }
 

@@ -36,14 +36,26 @@ pub enum RunError {
     /// Processing a partition failed.
     #[error(transparent)]
     Process(#[from] ProcessError),
-    /// The state directory or a store cannot be used.
-    #[error("state store at {path}: {message}")]
-    Store {
+    /// The state directory cannot be created.
+    #[error("cannot create the state directory {path}: {source}; set `state_dir` to a writable path")]
+    StateDir {
         /// The directory.
         path: String,
         /// Why.
-        message: String,
+        source: std::io::Error,
     },
+    /// A state store cannot be used.
+    #[error(transparent)]
+    Store(#[from] crmflow_store::StoreError),
+    /// A state store could not be restored from its changelog.
+    #[error(transparent)]
+    Restore(#[from] Box<crate::restore::RestoreError>),
+}
+
+impl From<crate::restore::RestoreError> for RunError {
+    fn from(error: crate::restore::RestoreError) -> Self {
+        RunError::Restore(Box::new(error))
+    }
 }
 
 impl RunError {

@@ -5,6 +5,8 @@
 //! - [`setup`]: start-up checks (brokers reachable, inputs co-partitioned, outputs exist).
 //! - [`merge`]: the pure timestamp-ordered merge of a partition's three input streams.
 //! - [`processor`]: one partition's record → decision → output mapping over its RocksDB store.
+//! - [`restore`]: whether an assigned partition's store is current, and restoring it from its
+//!   changelog (the tail only where it can) on a thread of its own.
 //! - [`resume`]: where an assigned partition's inputs resume, and which replayed records publish nothing.
 //! - [`engine`]: the partition tasks, the producer and the three commits (Kafka transaction,
 //!   RocksDB batch, consumer offsets); generic over the consumer's context.
@@ -24,6 +26,7 @@ pub mod merge;
 pub mod processor;
 pub mod producer;
 pub mod report;
+pub mod restore;
 pub mod resume;
 pub mod service;
 pub mod setup;

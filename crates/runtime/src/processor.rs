@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, InputEvent, InputStream, Tally};
-use crmflow_store::{InputPosition, StateStore};
+use crmflow_store::{ChangelogRecord, InputPosition, StateStore};
 
 use crate::config::Config;
 use crate::merge::Merger;
@@ -287,20 +287,41 @@ impl PartitionTask {
         !self.processed.is_empty()
     }
 
-    /// Writes the staged state with the processed positions as one RocksDB batch, once the
-    /// outputs are durable.
-    pub fn write_batch(&mut self) -> Result<(), ProcessError> {
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The changelog records of the work processed since the last RocksDB batch: its state
+    /// writes and the input positions it reaches. Published with the outputs.
+    pub fn changelog_records(&self) -> Result<Vec<ChangelogRecord>, ProcessError> {
         if self.processed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store
+            .changelog_records(&self.processed_positions())
+            .map_err(|source| ProcessError::Store { partition: self.partition, source })
+    }
+
+    /// Writes the staged state with the processed positions, and the changelog offset they were
+    /// published up to (`None`: unchanged), as one RocksDB batch, once the outputs are durable.
+    pub fn write_batch(&mut self, changelog_next: Option<i64>) -> Result<(), ProcessError> {
+        if self.processed.is_empty() && changelog_next.is_none() {
             return Ok(());
         }
-        let positions: Vec<InputPosition> = self
-            .processed
-            .iter()
-            .map(|(topic, next)| InputPosition { topic: topic.clone(), partition: self.partition, next_offset: *next })
-            .collect();
-        self.store.commit(&positions).map_err(|source| ProcessError::Store { partition: self.partition, source })?;
+        let positions = self.processed_positions();
+        self.store
+            .commit(&positions, changelog_next)
+            .map_err(|source| ProcessError::Store { partition: self.partition, source })?;
         self.stored.extend(std::mem::take(&mut self.processed));
         Ok(())
+    }
+
+    fn processed_positions(&self) -> Vec<InputPosition> {
+        self.processed
+            .iter()
+            .map(|(topic, next)| InputPosition { topic: topic.clone(), partition: self.partition, next_offset: *next })
+            .collect()
     }
 }
 
@@ -349,7 +370,7 @@ mod tests {
     fn task(dir: &std::path::Path, stored: Option<i64>, group: &[(&str, i64)]) -> PartitionTask {
         let mut store = StateStore::open(dir, StoreOptions::default()).unwrap();
         if let Some(next_offset) = stored {
-            store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }]).unwrap();
+            store.commit(&[InputPosition { topic: "crm.changes".into(), partition: 0, next_offset }], None).unwrap();
         }
         let group = group.iter().map(|(t, o)| (t.to_string(), *o)).collect();
         PartitionTask::open(0, store, 0, &TOPICS, &group).unwrap()
@@ -396,7 +417,7 @@ mod tests {
         let (out, _) = process_all(&mut task);
         assert!(out.is_empty());
         assert!(task.consumer_offsets().is_empty(), "committing 3 would publish 3 and 4 again after a crash");
-        task.write_batch().unwrap();
+        task.write_batch(None).unwrap();
         assert_eq!(task.stored.get("crm.changes"), Some(&3));
     }
 

@@ -1,22 +1,37 @@
 //! The producer's side: delivery tracking, and a send that waits while the local queue is full.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::ToBytes;
+use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-/// Counts failed deliveries so a commit never covers an output the broker did not take.
+/// Counts failed deliveries so a commit never covers an output the broker did not take, and
+/// notes how far each changelog partition was written, for the stores' RocksDB batches.
 #[derive(Default)]
 pub struct DeliveryTracker {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    changelog_topic: String,
+    // Per changelog partition, the offset after the last record delivered since the last take.
+    changelog_next: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl DeliveryTracker {
+    /// A tracker that notes the offsets written to `changelog_topic`.
+    pub fn new(changelog_topic: String) -> Self {
+        DeliveryTracker { changelog_topic, ..DeliveryTracker::default() }
+    }
+
+    /// Per changelog partition, the offset after the last record delivered since the last call.
+    pub fn take_changelog_next(&self) -> BTreeMap<i32, i64> {
+        std::mem::take(&mut *self.changelog_next.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Failed deliveries so far, with the last error.
     pub fn failures(&self) -> (u64, Option<String>) {
         let last = self.last_error.lock().map(|e| e.clone()).unwrap_or(None);
@@ -30,10 +45,18 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(error.to_string());
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let mut next = self.changelog_next.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = next.entry(m.partition()).or_insert(0);
+                *entry = (*entry).max(m.offset() + 1);
+            }
+            Ok(_) => {}
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(error.to_string());
+                }
             }
         }
     }

@@ -22,6 +22,10 @@ pub struct Counters {
     pub lag: i64,
     /// Commits made.
     pub commits: u64,
+    /// Partitions whose stores are restoring from their changelog now.
+    pub restoring: usize,
+    /// Changelog records restored since start.
+    pub restored: u64,
 }
 
 impl Counters {
@@ -78,6 +82,8 @@ impl Counters {
         }
         metric("consumer_lag", "", self.lag);
         metric("commits_total", "", self.commits as i64);
+        metric("restoring_partitions", "", self.restoring as i64);
+        metric("restored_records_total", "", self.restored as i64);
         out
     }
 }

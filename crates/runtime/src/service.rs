@@ -13,7 +13,7 @@ use rdkafka::producer::ThreadedProducer;
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::consumer::InputContext;
-use crate::engine::{lock, now_ms, Engine};
+use crate::engine::{lock, now_ms, Changelog, Engine};
 use crate::error::RunError;
 use crate::producer::DeliveryTracker;
 use crate::report::Counters;
@@ -45,25 +45,26 @@ pub fn run(
     watch: &Watch,
     observer: &mut dyn Observer,
 ) -> Result<Counters, RunError> {
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| RunError::Store {
-        path: config.state_dir.display().to_string(),
-        message: format!("cannot create the state directory: {e}; set `state_dir` to a writable path"),
-    })?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| RunError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let producer: ThreadedProducer<DeliveryTracker> = config
         .producer_config()
-        .create_with_context(DeliveryTracker::default())
+        .create_with_context(DeliveryTracker::new(config.changelog_topic()))
         .map_err(|e| RunError::kafka("creating the producer", e))?;
-    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, watch.samples)));
+    let changelog_client: BaseConsumer =
+        config.restore_consumer_config().create().map_err(|e| RunError::kafka("creating the changelog client", e))?;
+    let metadata = setup::wait_for_brokers(&changelog_client, &config)?;
+    let partitions = setup::input_partitions(&metadata, &config)?;
+    setup::ensure_output_topics(&metadata, &config, partitions)?;
+    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
+    let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
+    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples)));
     let lag = Arc::new(AtomicI64::new(-1));
     let context = InputContext { engine: engine.clone(), lag: lag.clone() };
     let consumer: BaseConsumer<InputContext> = config
         .consumer_config()
         .create_with_context(context)
         .map_err(|e| RunError::kafka("creating the consumer", e))?;
-
-    let metadata = setup::wait_for_brokers(&consumer, &config)?;
-    let partitions = setup::input_partitions(&metadata, &config)?;
-    setup::ensure_output_topics(&metadata, &config, partitions)?;
     if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
         let timeout = Duration::from_millis(config.startup_timeout_ms);
         lock(&engine).init_transactions(timeout).map_err(|e| {
@@ -123,6 +124,8 @@ fn process_until_stopped(
         if let Some(failure) = engine.take_failure() {
             return Err(failure);
         }
+        engine.pause_restoring(consumer)?;
+        engine.finish_restores(consumer)?;
         engine.process_ready(consumer, now_ms())?;
         if last_commit.elapsed() >= commit_every {
             engine.commit(consumer)?;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::metadata::Metadata;
@@ -64,6 +64,73 @@ fn partition_count(metadata: &Metadata, topic: &str) -> Option<i32> {
 /// Creates missing output and dead-letter topics with the inputs' partition count.
 pub fn ensure_output_topics(metadata: &Metadata, config: &Config, partitions: i32) -> Result<(), RunError> {
     create_missing(metadata, config, &config.topics.outputs(), partitions).map(|_| ())
+}
+
+/// Makes sure the changelog topic exists, compacted, with at least `partitions` partitions (one
+/// per input partition): creates it, or adds partitions when the inputs grew. At start
+/// (`at_start`), a changelog with more partitions than the inputs is refused: it belongs to
+/// another deployment of the same `application_id`.
+pub fn ensure_changelog<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
+    config: &Config,
+    partitions: i32,
+    at_start: bool,
+) -> Result<(), RunError> {
+    let topic = config.changelog_topic();
+    let metadata = client
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .map_err(|e| RunError::kafka(format!("reading the metadata of `{topic}`"), e))?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match partition_count(&metadata, &topic) {
+        None => {
+            tracing::info!(topic, partitions, "creating the changelog topic");
+            let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(config.replication_factor))
+                .set("cleanup.policy", "compact");
+            let results = block_on(admin.create_topics(&[new], &options))?
+                .map_err(|e| RunError::Topics(format!("creating `{topic}` failed: {e}; create it by hand")))?;
+            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)
+        }
+        Some(count) if count < partitions => {
+            tracing::info!(topic, from = count, to = partitions, "the inputs grew: adding changelog partitions");
+            let new = NewPartitions::new(&topic, partitions as usize);
+            let results = block_on(admin.create_partitions(&[new], &options))?
+                .map_err(|e| RunError::Topics(format!("adding partitions to `{topic}` failed: {e}")))?;
+            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::InvalidPartitions)
+        }
+        Some(count) if at_start && count > partitions => Err(RunError::Topics(format!(
+            "the changelog topic `{topic}` has {count} partitions but the inputs have {partitions}: it belongs to \
+             another deployment with application_id `{}`; give this one its own application_id, or delete the \
+             changelog (with its consumer group) to start over",
+            config.application_id
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
+    Ok(runtime.block_on(future))
+}
+
+fn admin_results(
+    results: Vec<rdkafka::admin::TopicResult>,
+    topic: &str,
+    harmless: rdkafka::types::RDKafkaErrorCode,
+) -> Result<(), RunError> {
+    for result in results {
+        if let Err((_, code)) = result {
+            // Another instance got there first.
+            if code != harmless {
+                return Err(RunError::Topics(format!("changing `{topic}` failed: {code}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates every topic of crmflow (inputs, outputs, dead letters) that does not exist yet, with

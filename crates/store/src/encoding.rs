@@ -103,6 +103,9 @@ pub(crate) fn sequence_key(sequence: u64) -> [u8; 8] {
 pub(crate) const SEEN_NEXT: &[u8] = b"seen_next";
 /// `meta` key of the sequence number of the oldest event id still remembered.
 pub(crate) const SEEN_OLDEST: &[u8] = b"seen_oldest";
+/// `meta` key of the next changelog offset the store reflects. Local bookkeeping: it is never
+/// itself written to the changelog.
+pub(crate) const CHANGELOG_NEXT: &[u8] = b"changelog_next";
 /// Prefix of the `meta` keys holding input positions.
 pub(crate) const POSITION_PREFIX: &[u8] = b"position\0";
 

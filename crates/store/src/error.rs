@@ -13,6 +13,14 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// A stale store could not be deleted before its full restore.
+    #[error("cannot delete the stale state store at {}: {source}; delete the directory by hand", path.display())]
+    Destroy {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// RocksDB refused to open the store.
     #[error("cannot open state store at {}: {source}", path.display())]
     Open {

@@ -38,21 +38,27 @@
 //!    staged writes of the open batch, then (for integrations) a small cache of
 //!    decoded values, then RocksDB. So every decision sees the earlier ones.
 //! 2. `store.stage(&decision.changes)?;` records the writes in memory only.
-//! 3. [`StateStore::staged_writes`] lists them as `(family, key, value)` bytes, to
-//!    mirror them to a changelog topic.
-//! 4. `store.commit(&positions)?;` writes every staged write plus the input
-//!    positions (next offset to read, per topic partition) in ONE synced RocksDB
-//!    `WriteBatch`: after a crash the state and the positions always agree.
-//!    [`StateStore::positions`] reads them back on startup.
+//! 3. [`StateStore::changelog_records`] lists them, with the input positions, as
+//!    [`ChangelogRecord`]s for the store's changelog partition (same transaction as
+//!    the outputs).
+//! 4. `store.commit(&positions, changelog_next)?;` writes every staged write plus the
+//!    input positions (next offset to read, per topic partition) and the changelog
+//!    offset the store now reflects in ONE synced RocksDB `WriteBatch`: after a crash
+//!    the state and the positions always agree. [`StateStore::positions`] and
+//!    [`StateStore::changelog_next`] read them back on startup.
 //! 5. If the batch cannot be completed (e.g. its outputs failed to publish),
 //!    [`StateStore::discard_staged`] forgets the staged writes instead.
 //!
-//! To rebuild a lost store, replay the changelog with [`StateStore::restore_write`].
+//! To rebuild a lost or stale store, replay its changelog (all of it, or the tail after
+//! [`StateStore::changelog_next`]) with [`StateStore::restore`], marking progress with
+//! [`StateStore::restored_until`].
 #![deny(missing_docs)]
 
+mod changelog;
 mod encoding;
 mod error;
 mod store;
 
+pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
 pub use store::{InputPosition, StateStore, StoreOptions};

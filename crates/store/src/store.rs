@@ -13,6 +13,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::changelog::{self, ChangelogRecord};
 use crate::encoding::{self, display_key, Family, FAMILY_COUNT};
 use crate::error::StoreError;
 
@@ -96,6 +97,18 @@ impl StateStore {
         })
     }
 
+    /// Whether the store holds nothing at all (a new store).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        for family in Family::ALL {
+            let cf = self.cf(family)?;
+            if let Some(item) = self.db.iterator_cf(cf, IteratorMode::Start).next() {
+                item.map_err(|source| StoreError::Iterate { path: self.path.clone(), family: family.name(), source })?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.path
@@ -120,11 +133,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Persists all staged writes plus input positions in one synced, atomic write,
-    /// then clears the stage. On error nothing is written and the stage is kept.
-    pub fn commit(&mut self, positions: &[InputPosition]) -> Result<(), StoreError> {
+    /// Persists all staged writes plus input positions, and the changelog offset they reach
+    /// (`None`: unchanged), in one synced, atomic write, then clears the stage. On error nothing
+    /// is written and the stage is kept.
+    pub fn commit(&mut self, positions: &[InputPosition], changelog_next: Option<i64>) -> Result<(), StoreError> {
         let writes: usize = self.staged.iter().map(BTreeMap::len).sum();
-        if writes == 0 && positions.is_empty() {
+        if writes == 0 && positions.is_empty() && changelog_next.is_none() {
             // Nothing to persist: skip the fsync.
             return Ok(());
         }
@@ -143,6 +157,9 @@ impl StateStore {
             let key = encoding::position_key(&position.topic, position.partition);
             let value = self.encode(Family::Meta, &key, position)?;
             batch.put_cf(meta, key, value);
+        }
+        if let Some(next) = changelog_next {
+            batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
         }
         let mut write_options = WriteOptions::default();
         // The positions promise the input will not be read again: they must be on disk.
@@ -184,29 +201,78 @@ impl StateStore {
         Ok(positions)
     }
 
-    /// Staged writes as (column family name, key, value; `None` deletes), for a changelog.
-    /// Families come in a fixed order, keys in byte order within a family.
-    pub fn staged_writes(&self) -> impl Iterator<Item = (&str, &[u8], Option<&[u8]>)> {
-        Family::ALL.into_iter().flat_map(move |family| {
-            self.staged[family.index()]
-                .iter()
-                .map(move |(key, value)| (family.name(), key.as_slice(), value.as_deref()))
+    /// The changelog records of the open batch: every staged write, then the input positions
+    /// the batch will record. Families come in a fixed order, keys in byte order within one.
+    pub fn changelog_records(&self, positions: &[InputPosition]) -> Result<Vec<ChangelogRecord>, StoreError> {
+        let mut records: Vec<ChangelogRecord> = Family::ALL
+            .into_iter()
+            .flat_map(|family| {
+                self.staged[family.index()].iter().map(move |(key, value)| ChangelogRecord {
+                    key: changelog::record_key(family, key),
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        for position in positions {
+            let key = encoding::position_key(&position.topic, position.partition);
+            let value = self.encode(Family::Meta, &key, position)?;
+            records.push(ChangelogRecord { key: changelog::record_key(Family::Meta, &key), value: Some(value) });
+        }
+        Ok(records)
+    }
+
+    /// The next changelog offset the store reflects (`None`: it never recorded one, e.g. a new
+    /// store, or one that predates changelogs).
+    pub fn changelog_next(&self) -> Result<Option<i64>, StoreError> {
+        self.read_committed(Family::Meta, encoding::CHANGELOG_NEXT)
+    }
+
+    /// Applies a changelog record read back from Kafka (restore), bypassing decisions and the
+    /// stage. Refuses records that are not a store write, or whose value does not decode.
+    ///
+    /// Not synced on its own, since a restore writes many records; RocksDB keeps them in write
+    /// order, so after a crash the store holds a prefix of what was restored, and
+    /// [`StateStore::restored_until`] marks how far that prefix goes.
+    pub fn restore(&mut self, record_key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let unknown = |family: &[u8]| StoreError::UnknownFamily {
+            path: self.path.clone(),
+            family: String::from_utf8_lossy(family).into_owned(),
+            key: display_key(record_key),
+        };
+        let (name, key) = changelog::split_key(record_key).ok_or_else(|| unknown(record_key))?;
+        let family = std::str::from_utf8(name).ok().and_then(Family::from_name).ok_or_else(|| unknown(name))?;
+        if family == Family::Meta && key == encoding::CHANGELOG_NEXT {
+            // Local bookkeeping never belongs in a changelog.
+            return Err(unknown(record_key));
+        }
+        self.restore_write(family, key, value)
+    }
+
+    /// Records that the store reflects its changelog up to `next` (exclusive), so an
+    /// interrupted restore resumes there; `sync` makes it durable against a machine crash.
+    pub fn restored_until(&mut self, next: i64, sync: bool) -> Result<(), StoreError> {
+        let value = self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync);
+        let cf = self.cf(Family::Meta)?;
+        self.db.put_cf_opt(cf, encoding::CHANGELOG_NEXT, value, &write_options).map_err(|source| StoreError::Restore {
+            path: self.path.clone(),
+            family: Family::Meta.name(),
+            key: display_key(encoding::CHANGELOG_NEXT),
+            source,
         })
     }
 
-    /// Applies a changelog record directly (restore), bypassing decisions and the stage.
-    ///
-    /// Meant for restoring before any decision: staged writes still shadow restored ones.
-    /// Not synced on its own, since a restore writes many records; the next
-    /// [`StateStore::commit`] syncs them, and an interrupted restore is simply redone.
-    pub fn restore_write(&mut self, family: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
-        let Some(family) = Family::from_name(family) else {
-            return Err(StoreError::UnknownFamily {
-                path: self.path.clone(),
-                family: family.to_owned(),
-                key: display_key(key),
-            });
-        };
+    /// Deletes the store from disk (a stale store about to be restored in full from its
+    /// changelog), returning its directory.
+    pub fn destroy(self) -> Result<PathBuf, StoreError> {
+        let path = self.path.clone();
+        drop(self.db);
+        std::fs::remove_dir_all(&path).map_err(|source| StoreError::Destroy { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    fn restore_write(&mut self, family: Family, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         if let Some(value) = value {
             // Refuse a corrupted record now rather than fail on it in some later decision.
             self.check_value(family, key, value)?;

@@ -205,6 +205,20 @@ impl Broker {
         assert!(results.iter().all(Result::is_ok), "adding partitions to {topic}: {results:?}");
     }
 
+    /// Deletes every record of every partition of `topic` (as retention would, in time).
+    pub fn delete_all_records(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
+        let partitions = self.partition_counts()[topic];
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            offsets.add_partition_offset(topic, partition, rdkafka::Offset::End).unwrap();
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = runtime.block_on(admin.delete_records(&offsets, &AdminOptions::new())).unwrap();
+        assert!(result.elements().iter().all(|e| e.error().is_ok()), "deleting the records of {topic}: {result:?}");
+    }
+
     /// Sets one configuration property of a topic.
     pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
         use rdkafka::admin::{AlterConfig, ResourceSpecifier};

@@ -30,9 +30,6 @@ fn put_integration(company: &str, integration: &str, crm: &str) -> StateChange {
     }
 }
 
-/// One changelog record as `staged_writes` lists it.
-type Write<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
-
 fn position(topic: &str, partition: i32, next_offset: i64) -> InputPosition {
     InputPosition { topic: topic.into(), partition, next_offset }
 }
@@ -79,8 +76,8 @@ fn committed_writes_and_positions_survive_reopen() {
             remember("acme", "e1"),
         ])
         .expect("stages");
-    store.commit(&[position("crm.changes", 3, 42), position("team.assignments", 3, 7)]).expect("commits");
-    assert_eq!(store.staged_writes().count(), 0, "commit clears the stage");
+    store.commit(&[position("crm.changes", 3, 42), position("team.assignments", 3, 7)], None).expect("commits");
+    assert_eq!(store.changelog_records(&[]).expect("lists").len(), 0, "commit clears the stage");
     drop(store);
 
     let mut store = open(&dir);
@@ -97,7 +94,7 @@ fn committed_writes_and_positions_survive_reopen() {
 
     // Positions are per topic partition: a later commit moves only the ones it names.
     store.stage(&[StateChange::RemoveLedger { company_id: "acme".into(), activity_id: "a1".into() }]).expect("stages");
-    store.commit(&[position("crm.changes", 3, 50)]).expect("commits");
+    store.commit(&[position("crm.changes", 3, 50)], None).expect("commits");
     drop(store);
     let store = open(&dir);
     assert_eq!(store.ledger_entry("acme", "a1").expect("reads"), None);
@@ -112,7 +109,7 @@ fn discard_staged_keeps_only_committed_writes() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
     store.stage(&[put_integration("acme", "sf", "salesforce"), remember("acme", "e1")]).expect("stages");
-    store.commit(&[position("crm.changes", 0, 1)]).expect("commits");
+    store.commit(&[position("crm.changes", 0, 1)], None).expect("commits");
     // Prime the integration cache, so discarding must not leave a staged value in it.
     assert!(store.integration("acme", "sf").expect("reads").is_some());
 
@@ -122,7 +119,7 @@ fn discard_staged_keeps_only_committed_writes() {
     assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("hubspot"));
     store.discard_staged();
 
-    assert_eq!(store.staged_writes().count(), 0);
+    assert_eq!(store.changelog_records(&[]).expect("lists").len(), 0);
     assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
     assert!(store.has_seen("acme", "e1").expect("reads"));
     assert!(!store.has_seen("acme", "e2").expect("reads"));
@@ -130,7 +127,7 @@ fn discard_staged_keeps_only_committed_writes() {
 
     // The seen counters were discarded too: the next remembered id reuses the sequence.
     store.stage(&[remember("acme", "e3")]).expect("stages");
-    store.commit(&[]).expect("commits");
+    store.commit(&[], None).expect("commits");
     assert!(store.has_seen("acme", "e3").expect("reads"));
     assert_eq!(store.counter(encoding::SEEN_NEXT).expect("reads"), 2);
 }
@@ -141,18 +138,18 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     let options = StoreOptions { seen_capacity: 2, ..StoreOptions::default() };
     let mut store = open_with(&dir, options.clone());
     store.stage(&[remember("c1", "a"), remember("c1", "b")]).expect("stages");
-    store.commit(&[]).expect("commits");
+    store.commit(&[], None).expect("commits");
     // Remembering "a" again keeps its place (it stays the oldest), as in MemoryState.
     store.stage(&[remember("c1", "a"), remember("c1", "c")]).expect("stages");
     assert!(!store.has_seen("c1", "a").expect("reads"));
     assert!(store.has_seen("c1", "b").expect("reads"));
     assert!(store.has_seen("c1", "c").expect("reads"));
-    store.commit(&[]).expect("commits");
+    store.commit(&[], None).expect("commits");
     drop(store);
 
     let mut store = open_with(&dir, options);
     store.stage(&[remember("c1", "d")]).expect("stages");
-    store.commit(&[]).expect("commits");
+    store.commit(&[], None).expect("commits");
     let seen: Vec<bool> = ["a", "b", "c", "d"].iter().map(|id| store.has_seen("c1", id).expect("reads")).collect();
     assert_eq!(seen, [false, false, true, true]);
     let order = store.cf(Family::SeenOrder).expect("family");
@@ -168,7 +165,7 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
 }
 
 #[test]
-fn staged_writes_list_families_keys_and_deletions() {
+fn changelog_records_list_staged_writes_then_positions() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
     store
@@ -177,12 +174,15 @@ fn staged_writes_list_families_keys_and_deletions() {
             StateChange::RemoveTeam { company_id: "acme".into(), user_id: "u2".into() },
         ])
         .expect("stages");
-    let writes: Vec<Write<'_>> = store.staged_writes().collect();
-    assert_eq!(writes, vec![("teams", &b"acme\0u1"[..], Some(&b"\"ny\""[..])), ("teams", &b"acme\0u2"[..], None)]);
+    let records = store.changelog_records(&[position("crm.changes", 3, 42)]).expect("lists");
+    let keys: Vec<&[u8]> = records.iter().map(|r| r.key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"teams\0acme\0u1"[..], b"teams\0acme\0u2", b"meta\0position\0crm.changes\x003"]);
+    assert_eq!(records[0].value.as_deref(), Some(&b"\"ny\""[..]));
+    assert_eq!(records[1].value, None, "a delete is a tombstone");
 }
 
 #[test]
-fn restore_write_round_trip() {
+fn restoring_the_changelog_rebuilds_state_and_positions() {
     let source_dir = TempDir::new().expect("temp dir");
     let mut source = open(&source_dir);
     let target_dir = TempDir::new().expect("temp dir");
@@ -196,20 +196,21 @@ fn restore_write_round_trip() {
             remember("acme", "e2"),
         ],
     ];
-    for batch in &batches {
+    let mut next = 0;
+    for (i, batch) in batches.iter().enumerate() {
         source.stage(batch).expect("stages");
         // Prime the target's cache, so the restore must invalidate it.
         target.integration("acme", "sf").expect("reads");
-        let records: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = source
-            .staged_writes()
-            .map(|(family, key, value)| (family.to_owned(), key.to_vec(), value.map(<[u8]>::to_vec)))
-            .collect();
-        source.commit(&[]).expect("commits");
-        for (family, key, value) in &records {
-            target.restore_write(family, key, value.as_deref()).expect("restores");
+        let positions = [position("crm.changes", 0, i as i64 + 1)];
+        let records = source.changelog_records(&positions).expect("lists");
+        next += records.len() as i64 + 1;
+        source.commit(&positions, Some(next)).expect("commits");
+        for record in &records {
+            target.restore(&record.key, record.value.as_deref()).expect("restores");
         }
+        target.restored_until(next, false).expect("marks");
     }
-    target.commit(&[position("crmflow-changelog", 0, 6)]).expect("commits");
+    target.restored_until(next, true).expect("marks");
     drop(target);
 
     let target = open(&target_dir);
@@ -219,19 +220,40 @@ fn restore_write_round_trip() {
     assert!(target.has_seen("acme", "e1").expect("reads"));
     assert!(target.has_seen("acme", "e2").expect("reads"));
     assert_eq!(target.counter(encoding::SEEN_NEXT).expect("reads"), 2);
-    assert_eq!(target.positions().expect("reads"), vec![position("crmflow-changelog", 0, 6)]);
+    assert_eq!(target.positions().expect("reads"), vec![position("crm.changes", 0, 2)]);
+    assert_eq!(target.changelog_next().expect("reads"), Some(next));
+    assert_eq!(source.changelog_next().expect("reads"), Some(next));
 }
 
 #[test]
-fn restore_write_rejects_unknown_families_and_corrupted_values() {
+fn restore_rejects_foreign_records_and_corrupted_values() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
-    let error = store.restore_write("nope", b"k", Some(b"{}")).expect_err("unknown family");
+    let error = store.restore(b"nope\0k", Some(b"{}")).expect_err("unknown family");
     assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
-    let error = store.restore_write("ledger", b"acme\0a1", Some(b"not json")).expect_err("corrupted");
+    let error = store.restore(b"no separator", Some(b"{}")).expect_err("not a store write");
+    assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
+    let error = store.restore(b"meta\0changelog_next", Some(b"5")).expect_err("local bookkeeping");
+    assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
+    let error = store.restore(b"ledger\0acme\0a1", Some(b"not json")).expect_err("corrupted");
     assert!(matches!(error, StoreError::Decode { family: "ledger", .. }), "{error}");
     assert!(error.to_string().contains("acme\\x00a1"), "names the key: {error}");
     assert_eq!(store.ledger_entry("acme", "a1").expect("nothing was written"), None);
+    assert_eq!(store.changelog_next().expect("reads"), None);
+}
+
+#[test]
+fn a_destroyed_store_opens_empty() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("partition-0");
+    let mut store = StateStore::open(&path, StoreOptions::default()).expect("opens");
+    store.stage(&[put_team("acme", "u1", "ny")]).expect("stages");
+    store.commit(&[position("crm.changes", 0, 1)], Some(3)).expect("commits");
+    assert_eq!(store.destroy().expect("destroys"), path);
+    let store = StateStore::open(&path, StoreOptions::default()).expect("opens");
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
+    assert_eq!(store.changelog_next().expect("reads"), None);
+    assert!(store.positions().expect("reads").is_empty());
 }
 
 #[test]
@@ -262,7 +284,7 @@ fn failed_stage_takes_back_its_earlier_changes() {
     assert!(result.is_err());
     assert_eq!(store.team_of("acme", "u0").expect("reads").as_deref(), Some("la"), "earlier stage kept");
     assert_eq!(store.team_of("acme", "u1").expect("reads"), None, "this stage taken back");
-    assert_eq!(store.staged_writes().count(), 1);
+    assert_eq!(store.changelog_records(&[]).expect("lists").len(), 1);
 }
 
 #[test]
@@ -271,7 +293,7 @@ fn committed_integration_changes_reach_cached_readers() {
     let mut store = open_with(&dir, StoreOptions { cache_capacity: 1, ..StoreOptions::default() });
     assert_eq!(store.integration("acme", "sf").expect("reads"), None, "absence gets cached");
     store.stage(&[put_integration("acme", "sf", "salesforce")]).expect("stages");
-    store.commit(&[]).expect("commits");
+    store.commit(&[], None).expect("commits");
     assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
     // Capacity 1: reading another integration evicts the first; both still read right.
     assert_eq!(store.integration("acme", "hs").expect("reads"), None);
@@ -339,7 +361,7 @@ fn deciding_through_the_store_matches_memory_state() {
         // Commit every third event and reopen once, so batches span commits and restarts.
         if offset % 3 == 2 {
             let next_offset = i64::try_from(offset).expect("small") + 1;
-            store.commit(&[position("input", 0, next_offset)]).expect("commits");
+            store.commit(&[position("input", 0, next_offset)], None).expect("commits");
         }
         if offset == 8 {
             drop(store);
@@ -473,7 +495,7 @@ proptest! {
                     working.apply(changes);
                 }
                 Op::Commit => {
-                    store.commit(&[]).expect("commits");
+                    store.commit(&[], None).expect("commits");
                     committed = working.clone();
                 }
                 Op::Discard => {

@@ -1,0 +1,341 @@
+//! Restoring a partition's state store from its changelog, apart from processing.
+//!
+//! Every RocksDB batch records the changelog offset it reflects (`changelog_next`), written after
+//! the Kafka transaction that published those changelog records. So when a partition is assigned,
+//! its store is at most behind its changelog, never ahead of it:
+//! - **current**: it reflects the whole changelog partition; it processes at once;
+//! - **tail**: a crash came between the transaction and the RocksDB batch, or the directory was
+//!   copied back from an earlier point; only the records after `changelog_next` are restored;
+//! - **full**: no store (a lost disk, a partition new to this instance), a store that predates
+//!   changelogs, one whose changelog tail was deleted, or one *ahead* of the changelog (it belongs
+//!   to another history: a reset, a recreated topic). The store is deleted and the whole
+//!   changelog restored; the inputs' history is not needed.
+//!
+//! [`plan`] makes that decision, purely. [`Restoring`] runs one restore on its own thread with
+//! its own consumer, while the engine processes the partitions whose stores are current and keeps
+//! the restoring partitions' inputs paused. The restore marks its progress in the store every
+//! [`CHECKPOINT_EVERY`] records, so a restore interrupted by a crash or a rebalance resumes where
+//! it stopped. It finishes when the consumer's position reaches the end offset taken at
+//! assignment, which also works when the changelog ends in a transaction marker.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crmflow_store::{StateStore, StoreError};
+
+use crate::config::Config;
+
+/// Records restored between two marks of progress in the store.
+pub const CHECKPOINT_EVERY: u64 = 10_000;
+
+/// How long a restore may go without progress before it gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// What a newly assigned partition's store needs before it may process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePlan {
+    /// It reflects its whole changelog partition.
+    Current,
+    /// It reflects the changelog up to `from`; the records from there on are restored.
+    Tail {
+        /// The first changelog offset to restore.
+        from: i64,
+    },
+    /// It cannot be trusted or does not exist: delete it and restore the whole changelog.
+    Full {
+        /// Why, for the log.
+        reason: FullRestoreReason,
+    },
+}
+
+/// Why a store is restored in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullRestoreReason {
+    /// It never recorded a changelog offset: new, or written before changelogs.
+    NoChangelogOffset,
+    /// It is ahead of its changelog: it belongs to another history (a reset, a recreated topic).
+    AheadOfChangelog,
+    /// The changelog records after its offset were deleted (retention or a manual delete).
+    TailDeleted,
+}
+
+impl std::fmt::Display for FullRestoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FullRestoreReason::NoChangelogOffset => "the store records no changelog offset (new, or lost)",
+            FullRestoreReason::AheadOfChangelog => {
+                "the store is ahead of its changelog: it belongs to another history (a reset or a recreated topic)"
+            }
+            FullRestoreReason::TailDeleted => "the changelog records after the store's offset were deleted",
+        })
+    }
+}
+
+/// What a store with changelog offset `store_next` (`None`: never recorded) and any data
+/// (`store_has_data`) needs, given its changelog partition's offsets `low..high` (committed).
+pub fn plan(store_next: Option<i64>, store_has_data: bool, low: i64, high: i64) -> RestorePlan {
+    let changelog_empty = high <= low;
+    match store_next {
+        None if changelog_empty && !store_has_data => RestorePlan::Current,
+        None => RestorePlan::Full { reason: FullRestoreReason::NoChangelogOffset },
+        Some(next) if next > high => RestorePlan::Full { reason: FullRestoreReason::AheadOfChangelog },
+        Some(next) if next < low => RestorePlan::Full { reason: FullRestoreReason::TailDeleted },
+        Some(next) if next == high || changelog_empty => RestorePlan::Current,
+        Some(next) => RestorePlan::Tail { from: next },
+    }
+}
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The restore consumer could not be created or assigned.
+    #[error("restoring partition {partition} from `{topic}`: {context}: {source}")]
+    Kafka {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// What failed.
+        context: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// A changelog record could not be applied.
+    #[error("restoring partition {partition} from `{topic}` at offset {offset}: {source}")]
+    Record {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// The store's error.
+        source: Box<StoreError>,
+    },
+    /// The store could not mark its progress.
+    #[error("restoring partition {partition}: {0}", partition = .1)]
+    Store(#[source] Box<StoreError>, i32),
+    /// The restore thread could not start (`source`), or panicked (`None`).
+    #[error("restoring partition {partition}: the restore thread {}", match source {
+        Some(e) => format!("could not start: {e}"),
+        None => "panicked".to_owned(),
+    })]
+    Thread {
+        /// The partition.
+        partition: i32,
+        /// Why it could not start.
+        source: Option<std::io::Error>,
+    },
+    /// No progress for too long.
+    #[error(
+        "restoring partition {partition} from `{topic}` made no progress for {}s at offset {position} \
+         (end offset {until}); check that the brokers are up and the topic is readable",
+        STALL_LIMIT.as_secs()
+    )]
+    Stalled {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Where it stopped.
+        position: i64,
+        /// Where it had to go.
+        until: i64,
+    },
+}
+
+/// A finished (or cancelled) restore: the store, and how far it got.
+pub struct Restored {
+    /// The store, restored up to `next`.
+    pub store: StateStore,
+    /// The next changelog offset the store reflects.
+    pub next: i64,
+    /// Whether it reached the end offset (false: cancelled).
+    pub complete: bool,
+}
+
+/// One partition's restore, running on its own thread.
+pub struct Restoring {
+    partition: i32,
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Restored, RestoreError>>,
+}
+
+/// Where a restore reads from and to.
+#[derive(Debug, Clone)]
+pub struct RestoreRange {
+    /// The changelog topic.
+    pub topic: String,
+    /// The partition (the input partition it mirrors).
+    pub partition: i32,
+    /// The first offset to read (the partition's start when restoring in full).
+    pub from: i64,
+    /// The end offset at assignment: everything below it is committed.
+    pub until: i64,
+}
+
+impl Restoring {
+    /// Starts restoring `store` over `range`; `restored` counts the records applied, for metrics.
+    pub fn start(
+        config: &Config,
+        store: StateStore,
+        range: RestoreRange,
+        restored: Arc<AtomicU64>,
+    ) -> Result<Restoring, RestoreError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let partition = range.partition;
+        let client = config.restore_consumer_config();
+        let flag = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("restore-{partition}"))
+            .spawn(move || {
+                let consumer: BaseConsumer = client.create().map_err(|source| RestoreError::Kafka {
+                    topic: range.topic.clone(),
+                    partition,
+                    context: "creating the restore consumer",
+                    source,
+                })?;
+                restore(&consumer, store, &range, &flag, &restored)
+            })
+            .map_err(|source| RestoreError::Thread { partition, source: Some(source) })?;
+        Ok(Restoring { partition, cancel, handle })
+    }
+
+    /// The partition it restores.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Whether it is done (successfully or not): [`Restoring::join`] then returns at once.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the restore's end.
+    pub fn join(self) -> Result<Restored, RestoreError> {
+        let partition = self.partition;
+        self.handle.join().unwrap_or(Err(RestoreError::Thread { partition, source: None }))
+    }
+
+    /// Stops the restore, keeping its progress in the store, and closes the store.
+    pub fn cancel(self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let partition = self.partition;
+        match self.join() {
+            Ok(restored) => tracing::info!(partition, next = restored.next, "restore interrupted; it resumes there"),
+            Err(e) => tracing::warn!(partition, "restore interrupted: {e}"),
+        }
+    }
+}
+
+/// Applies the changelog range to the store, marking progress; stops early when cancelled.
+fn restore(
+    consumer: &BaseConsumer,
+    mut store: StateStore,
+    range: &RestoreRange,
+    cancel: &AtomicBool,
+    restored: &AtomicU64,
+) -> Result<Restored, RestoreError> {
+    let RestoreRange { topic, partition, from, until } = range;
+    let (partition, until) = (*partition, *until);
+    let kafka =
+        |context: &'static str| move |source| RestoreError::Kafka { topic: topic.clone(), partition, context, source };
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(*from)).map_err(kafka("assigning"))?;
+    consumer.assign(&assignment).map_err(kafka("assigning"))?;
+    let started = Instant::now();
+    let mut position = *from;
+    let mut unmarked = 0u64;
+    let mut last_progress = Instant::now();
+    let mark = |store: &mut StateStore, next: i64, sync: bool| {
+        store.restored_until(next, sync).map_err(|e| RestoreError::Store(Box::new(e), partition))
+    };
+    while position < until {
+        if cancel.load(Ordering::SeqCst) {
+            mark(&mut store, position, true)?;
+            return Ok(Restored { store, next: position, complete: false });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = m.key().unwrap_or_default();
+                store.restore(key, m.payload()).map_err(|source| RestoreError::Record {
+                    topic: topic.clone(),
+                    partition,
+                    offset: m.offset(),
+                    source: Box::new(source),
+                })?;
+                position = m.offset() + 1;
+                restored.fetch_add(1, Ordering::Relaxed);
+                unmarked += 1;
+                if unmarked >= CHECKPOINT_EVERY {
+                    mark(&mut store, position, false)?;
+                    unmarked = 0;
+                }
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => tracing::warn!(partition, "restore consumer: {e}"),
+            None => {}
+        }
+        // The position also moves past transaction markers, which poll never returns.
+        if let Some(next) = consumer_position(consumer, topic, partition).filter(|next| *next > position) {
+            position = next;
+            last_progress = Instant::now();
+        }
+        if last_progress.elapsed() > STALL_LIMIT {
+            return Err(RestoreError::Stalled { topic: topic.clone(), partition, position, until });
+        }
+    }
+    mark(&mut store, position, true)?;
+    tracing::info!(
+        partition,
+        from,
+        until = position,
+        took_ms = started.elapsed().as_millis() as u64,
+        "restored the state store from its changelog"
+    );
+    Ok(Restored { store, next: position, complete: true })
+}
+
+fn consumer_position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    match positions.find_partition(topic, partition)?.offset() {
+        Offset::Offset(next) => Some(next),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_at_the_changelog_end_is_current() {
+        assert_eq!(plan(Some(40), true, 0, 40), RestorePlan::Current);
+        assert_eq!(plan(None, false, 0, 0), RestorePlan::Current, "new store, new changelog");
+        assert_eq!(plan(None, false, 7, 7), RestorePlan::Current, "new store, changelog emptied by retention");
+    }
+
+    #[test]
+    fn a_store_behind_restores_only_the_tail() {
+        assert_eq!(plan(Some(12), true, 0, 40), RestorePlan::Tail { from: 12 });
+        assert_eq!(plan(Some(39), true, 0, 40), RestorePlan::Tail { from: 39 }, "a transaction marker alone");
+        assert_eq!(plan(Some(12), true, 12, 40), RestorePlan::Tail { from: 12 }, "the tail starts at the low mark");
+    }
+
+    #[test]
+    fn stores_that_cannot_be_trusted_restore_in_full() {
+        let full = |reason| RestorePlan::Full { reason };
+        assert_eq!(plan(None, false, 0, 40), full(FullRestoreReason::NoChangelogOffset), "lost store");
+        assert_eq!(plan(None, true, 0, 0), full(FullRestoreReason::NoChangelogOffset), "predates changelogs");
+        assert_eq!(plan(Some(50), true, 0, 40), full(FullRestoreReason::AheadOfChangelog));
+        assert_eq!(plan(Some(5), true, 0, 0), full(FullRestoreReason::AheadOfChangelog), "recreated topic");
+        assert_eq!(plan(Some(5), true, 10, 40), full(FullRestoreReason::TailDeleted));
+    }
+}
