@@ -3,6 +3,7 @@
 mod support;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use support::*;
 
@@ -141,4 +142,68 @@ fn a_second_signal_exits_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130));
+}
+
+/// An abortable transaction error (the group coordinator rejects the transaction's offsets with
+/// ILLEGAL_GENERATION, as for a member that missed a rebalance) aborts the transaction, rewinds
+/// every partition to its last commit and goes on, instead of stopping. The fault is injected into
+/// librdkafka's mock cluster in this process. The mock cannot prove exactly-once (its
+/// read_committed consumers see aborted records; the Kafka tests do that), so this checks that
+/// processing survives the error and finishes the input.
+#[test]
+fn an_abortable_transaction_error_rewinds_and_goes_on() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let names = crmflow_codec::TopicNames::default();
+    let mut all: Vec<String> = names.inputs().iter().map(|(_, t)| t.to_string()).collect();
+    all.extend(names.outputs().iter().map(|t| t.to_string()));
+    all.push("crmflow-projections-changelog".into());
+    for topic in &all {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    mock.request_errors(RDKafkaApiKey::TxnOffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION]);
+    let (input, _) = scenario("seed-walkthrough");
+    let topics = Topics::defaults(2);
+    produce_paced(
+        &mock.bootstrap_servers(),
+        &topics,
+        &input,
+        crmflow_codec::Encoding::Json,
+        Duration::ZERO,
+        &Default::default(),
+    );
+
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("log");
+    let mut child = crmflow_command(CRMFLOW)
+        .arg("run")
+        .env("CRMFLOW_STATE_DIR", state.path().join("state"))
+        .env("CRMFLOW_BROKERS", mock.bootstrap_servers())
+        .env("CRMFLOW_PROCESSING_GUARANTEE", "exactly_once")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = std::time::Instant::now();
+    while !logs().contains("rewinding to the last commit and going on") {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("crmflow stopped with {status}:\n{}", logs());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no abort and rewind:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The rewound records are processed again, and the next commits succeed.
+    std::thread::sleep(Duration::from_secs(3));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", logs());
+    let summary = logs().lines().find(|l| l.contains("stopped after committing")).map(str::to_owned);
+    let processed: usize = summary
+        .as_deref()
+        .and_then(|l| l.split("stopped after committing: ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary:\n{}", logs()));
+    assert!(processed > input.len(), "the rewound records are processed again: {summary:?}");
 }

@@ -17,12 +17,15 @@ pub struct DevBroker {
 }
 
 impl DevBroker {
-    /// Starts a one-broker cluster and creates every topic with `partitions` partitions, plus
-    /// extra topics given as `name` or `name:partitions`.
+    /// Starts a one-broker cluster and creates every topic (with the default application's
+    /// changelog) with `partitions` partitions, plus extra topics given as `name` or
+    /// `name:partitions`.
     pub fn start(partitions: i32, topics: &TopicNames, extra_topics: &[String]) -> Result<Self, RunError> {
         let cluster = MockCluster::new(1).map_err(|e| RunError::kafka("starting the mock cluster", e))?;
         let mut names: Vec<(String, i32)> = topics.inputs().iter().map(|(_, t)| (t.to_string(), partitions)).collect();
         names.extend(topics.outputs().iter().map(|t| (t.to_string(), partitions)));
+        // The changelog of the default application_id.
+        names.push((crate::Config::default().changelog_topic(), partitions));
         for extra in extra_topics {
             let (name, count) = match extra.rsplit_once(':') {
                 Some((name, count)) => {

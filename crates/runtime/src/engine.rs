@@ -55,6 +55,7 @@ pub struct Engine {
     progress: Progress,
     in_transaction: bool,
     commits: u64,
+    aborts: u64,
     // A failure inside a callback, surfaced by the loop.
     failure: Option<RunError>,
     changelog: Changelog,
@@ -110,6 +111,7 @@ impl Engine {
             progress: Progress { samples: Samples::new(samples), ..Progress::default() },
             in_transaction: false,
             commits: 0,
+            aborts: 0,
             failure: None,
         }
     }
@@ -117,11 +119,6 @@ impl Engine {
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Starts transactions (exactly_once): fences an earlier instance with the same id.
-    pub fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.init_transactions(timeout)
     }
 
     /// A failure a rebalance callback met, to be surfaced by the loop.
@@ -287,54 +284,87 @@ impl Engine {
         Ok(())
     }
 
-    /// Opens the tasks of partitions whose restore ended, hands them what was fetched meanwhile,
-    /// and resumes their inputs. An input whose store position is below where it was assigned
-    /// (a changelog that does not cover the group's progress) is sought back to it.
+    /// Opens the tasks of partitions whose restore ended and resumes their inputs.
     pub fn finish_restores<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
         let done: Vec<i32> =
             self.restoring.iter().filter(|(_, r)| r.restoring.is_finished()).map(|(p, _)| *p).collect();
         for partition in done {
             let Some(pending) = self.restoring.remove(&partition) else { continue };
             let restored = pending.restoring.join()?;
-            self.open_task(consumer, None, partition, restored.store)?;
-            let mut seek = TopicPartitionList::new();
-            let mut inputs = TopicPartitionList::new();
-            let starts: Vec<(String, Option<i64>)> = match self.tasks.get(&partition) {
-                Some(task) => task.plan().inputs().map(|(topic, resume)| (topic.to_owned(), resume.start)).collect(),
-                None => continue,
+            self.reopen(consumer, partition, restored.store, pending.fetched, Some(&pending.assigned))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a partition's task outside a rebalance, hands it the records `fetched` meanwhile,
+    /// and resumes its inputs. An input whose store position is below where the consumer stands
+    /// (`assigned`; `None`: always) is sought back to it, and its fetched records come again.
+    fn reopen<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        store: StateStore,
+        fetched: Vec<(InputStream, InputRecord)>,
+        assigned: Option<&BTreeMap<String, i64>>,
+    ) -> Result<(), RunError> {
+        self.open_task(consumer, None, partition, store)?;
+        let starts: Vec<(String, Option<i64>)> = match self.tasks.get(&partition) {
+            Some(task) => task.plan().inputs().map(|(topic, resume)| (topic.to_owned(), resume.start)).collect(),
+            None => return Ok(()),
+        };
+        let mut seek = TopicPartitionList::new();
+        let mut inputs = TopicPartitionList::new();
+        for (topic, start) in starts {
+            let start = match start {
+                Some(start) => start,
+                None => self.low_watermark(&topic, partition)?,
             };
-            for (topic, start) in starts {
-                let start = match start {
-                    Some(start) => start,
-                    None => self.low_watermark(&topic, partition)?,
-                };
-                inputs.add_partition(&topic, partition);
-                if pending.assigned.get(&topic).is_some_and(|assigned| start < *assigned) {
-                    seek.add_partition_offset(&topic, partition, Offset::Offset(start))
-                        .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
-                }
+            inputs.add_partition(&topic, partition);
+            if assigned.is_none_or(|assigned| assigned.get(&topic).is_some_and(|at| start < *at)) {
+                seek.add_partition_offset(&topic, partition, Offset::Offset(start))
+                    .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
             }
-            let Some(task) = self.tasks.get_mut(&partition) else { continue };
+        }
+        if let Some(task) = self.tasks.get_mut(&partition) {
             let now = now_ms();
-            for (stream, record) in pending.fetched {
-                // Records of an input sought back come again.
+            for (stream, record) in fetched {
                 if seek.find_partition(&record.topic, partition).is_none() {
                     task.admit(stream, record, now);
                 }
             }
-            // Resume before seeking: resuming moves the fetch back to where the application last
-            // consumed, which would undo the seek. Nothing is polled in between.
-            consumer.resume(&inputs).map_err(|e| RunError::kafka(format!("resuming partition {partition}"), e))?;
-            if seek.count() > 0 {
-                let sought = consumer
-                    .seek_partitions(seek, CLIENT_TIMEOUT)
-                    .map_err(|e| RunError::kafka(format!("seeking the inputs of partition {partition}"), e))?;
-                for element in sought.elements() {
-                    element
-                        .error()
-                        .map_err(|e| RunError::kafka(format!("seeking {} [{partition}]", element.topic()), e))?;
-                }
+        }
+        // Resume before seeking: resuming moves the fetch back to where the application last
+        // consumed, which would undo the seek. Nothing is polled in between, and the seek drops
+        // what was fetched before it.
+        consumer.resume(&inputs).map_err(|e| RunError::kafka(format!("resuming partition {partition}"), e))?;
+        if seek.count() > 0 {
+            let sought = consumer
+                .seek_partitions(seek, CLIENT_TIMEOUT)
+                .map_err(|e| RunError::kafka(format!("seeking the inputs of partition {partition}"), e))?;
+            for element in sought.elements() {
+                element
+                    .error()
+                    .map_err(|e| RunError::kafka(format!("seeking {} [{partition}]", element.topic()), e))?;
             }
+        }
+        Ok(())
+    }
+
+    /// After an abortable transaction error (the transaction is not committed, the producer is
+    /// still usable): aborts it, drops what every task processed since the last commit, and
+    /// rewinds each partition to what its store reflects. Processing then goes on.
+    pub fn abort_and_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        self.outputs.clear();
+        if self.in_transaction {
+            self.producer
+                .abort_transaction(CLIENT_TIMEOUT)
+                .map_err(|e| self.transaction_error("aborting the transaction", e))?;
+            self.in_transaction = false;
+        }
+        self.producer.context().take_changelog_next();
+        self.aborts += 1;
+        for (partition, task) in std::mem::take(&mut self.tasks) {
+            self.reopen(consumer, partition, task.into_store(), Vec::new(), None)?;
         }
         Ok(())
     }
@@ -463,13 +493,11 @@ impl Engine {
                     .group_metadata()
                     .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
                 if offsets.count() > 0 {
-                    self.producer
-                        .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
-                        .map_err(|e| self.transaction_error("adding offsets to the transaction", e))?;
+                    self.retrying("adding offsets to the transaction", |producer| {
+                        producer.send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
+                    })?;
                 }
-                self.producer
-                    .commit_transaction(CLIENT_TIMEOUT)
-                    .map_err(|e| self.transaction_error("committing the transaction", e))?;
+                self.retrying("committing the transaction", |producer| producer.commit_transaction(CLIENT_TIMEOUT))?;
                 self.in_transaction = false;
                 self.write_batches()?;
             }
@@ -497,11 +525,37 @@ impl Engine {
 
     /// A failed transaction call, telling a fenced instance apart (two replicas sharing an id).
     fn transaction_error(&self, context: &str, error: KafkaError) -> RunError {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
+        match &error {
+            _ if matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+            ) =>
+            {
                 RunError::Fenced(self.config.transactional_id())
             }
+            KafkaError::Transaction(e) if e.txn_requires_abort() => {
+                RunError::TransactionAborted { context: context.to_owned(), source: error }
+            }
             _ => RunError::kafka(context, error),
+        }
+    }
+
+    /// Runs a transactional call, again while it fails with a retriable error (a time-out, a
+    /// coordinator moving), as librdkafka documents: the call may be repeated until it succeeds.
+    fn retrying(
+        &self,
+        context: &str,
+        mut call: impl FnMut(&ThreadedProducer<DeliveryTracker>) -> Result<(), KafkaError>,
+    ) -> Result<(), RunError> {
+        let deadline = Instant::now() + CLIENT_TIMEOUT * 2;
+        loop {
+            match call(&self.producer) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                    tracing::warn!("{context}: {e}; retrying");
+                }
+                Err(e) => return Err(self.transaction_error(context, e)),
+            }
         }
     }
 
@@ -558,6 +612,7 @@ impl Engine {
             dead_letters: self.progress.dead_letters.clone(),
             lag,
             commits: self.commits,
+            aborts: self.aborts,
             restoring: self.restoring.len(),
             restored: self.restored_records.load(Ordering::Relaxed),
         }

@@ -30,6 +30,15 @@ pub enum RunError {
          give every replica its own instance_id"
     )]
     Fenced(String),
+    /// The transaction failed and must be aborted; the producer stays usable, so processing goes
+    /// on from the last commit (see `Engine::abort_and_rewind`).
+    #[error("{context}: {source}; the transaction is aborted")]
+    TransactionAborted {
+        /// What crmflow was doing.
+        context: String,
+        /// The client's error.
+        source: KafkaError,
+    },
     /// The broker rejected outputs; offsets were not committed.
     #[error("{0}")]
     Delivery(String),

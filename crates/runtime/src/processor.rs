@@ -287,6 +287,12 @@ impl PartitionTask {
         !self.processed.is_empty()
     }
 
+    /// Gives back the store, without what was staged since the last RocksDB batch.
+    pub fn into_store(mut self) -> StateStore {
+        self.store.discard_staged();
+        self.store
+    }
+
     /// The partition.
     pub fn partition(&self) -> i32 {
         self.partition

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::ThreadedProducer;
+use rdkafka::producer::{Producer, ThreadedProducer};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::consumer::InputContext;
@@ -56,18 +56,9 @@ pub fn run(
     let metadata = setup::wait_for_brokers(&changelog_client, &config)?;
     let partitions = setup::input_partitions(&metadata, &config)?;
     setup::ensure_output_topics(&metadata, &config, partitions)?;
-    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
-    let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
-    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples)));
-    let lag = Arc::new(AtomicI64::new(-1));
-    let context = InputContext { engine: engine.clone(), lag: lag.clone() };
-    let consumer: BaseConsumer<InputContext> = config
-        .consumer_config()
-        .create_with_context(context)
-        .map_err(|e| RunError::kafka("creating the consumer", e))?;
     if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
         let timeout = Duration::from_millis(config.startup_timeout_ms);
-        lock(&engine).init_transactions(timeout).map_err(|e| {
+        producer.init_transactions(timeout).map_err(|e| {
             RunError::kafka(
                 format!(
                     "the brokers at `{}` did not start a transaction within {} ms; processing_guarantee = \
@@ -79,6 +70,15 @@ pub fn run(
             )
         })?;
     }
+    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
+    let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
+    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples)));
+    let lag = Arc::new(AtomicI64::new(-1));
+    let context = InputContext { engine: engine.clone(), lag: lag.clone() };
+    let consumer: BaseConsumer<InputContext> = config
+        .consumer_config()
+        .create_with_context(context)
+        .map_err(|e| RunError::kafka("creating the consumer", e))?;
     let inputs: Vec<&str> = config.topics.inputs().iter().map(|(_, t)| *t).collect();
     consumer.subscribe(&inputs).map_err(|e| RunError::kafka("subscribing to the input topics", e))?;
     tracing::info!(brokers = %config.brokers, partitions, guarantee = ?config.processing_guarantee, "crmflow is running");
@@ -126,10 +126,18 @@ fn process_until_stopped(
         }
         engine.pause_restoring(consumer)?;
         engine.finish_restores(consumer)?;
-        engine.process_ready(consumer, now_ms())?;
-        if last_commit.elapsed() >= commit_every {
-            engine.commit(consumer)?;
+        let mut round = engine.process_ready(consumer, now_ms());
+        if round.is_ok() && last_commit.elapsed() >= commit_every {
+            round = engine.commit(consumer);
             last_commit = Instant::now();
+        }
+        match round {
+            Ok(()) => {}
+            Err(e @ RunError::TransactionAborted { .. }) => {
+                tracing::warn!("{e}; rewinding to the last commit and going on");
+                engine.abort_and_rewind(consumer)?;
+            }
+            Err(e) => return Err(e),
         }
         if last_report.elapsed() >= watch.report_every {
             let counters = engine.counters(lag.load(Ordering::Relaxed));

@@ -90,14 +90,16 @@ pub fn ensure_changelog<C: ConsumerContext>(
                 .set("cleanup.policy", "compact");
             let results = block_on(admin.create_topics(&[new], &options))?
                 .map_err(|e| RunError::Topics(format!("creating `{topic}` failed: {e}; create it by hand")))?;
-            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)
+            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)?;
+            wait_for_partitions(client, &topic, partitions)
         }
         Some(count) if count < partitions => {
             tracing::info!(topic, from = count, to = partitions, "the inputs grew: adding changelog partitions");
             let new = NewPartitions::new(&topic, partitions as usize);
             let results = block_on(admin.create_partitions(&[new], &options))?
                 .map_err(|e| RunError::Topics(format!("adding partitions to `{topic}` failed: {e}")))?;
-            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::InvalidPartitions)
+            admin_results(results, &topic, rdkafka::types::RDKafkaErrorCode::InvalidPartitions)?;
+            wait_for_partitions(client, &topic, partitions)
         }
         Some(count) if at_start && count > partitions => Err(RunError::Topics(format!(
             "the changelog topic `{topic}` has {count} partitions but the inputs have {partitions}: it belongs to \
@@ -106,6 +108,32 @@ pub fn ensure_changelog<C: ConsumerContext>(
             config.application_id
         ))),
         Some(_) => Ok(()),
+    }
+}
+
+/// Waits until the cluster's metadata shows `topic` with `partitions` partitions: a topic just
+/// created or grown is not known to every broker at once.
+fn wait_for_partitions<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), RunError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|metadata| partition_count(&metadata, topic))
+            .unwrap_or(0);
+        if count >= partitions {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(RunError::Topics(format!(
+                "`{topic}` shows {count} of {partitions} partitions 30 s after it was changed; check the brokers"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -257,6 +257,11 @@ impl Topics {
         topics
     }
 
+    /// crmflow's default topic names, created elsewhere (on a mock cluster in the test process).
+    pub fn defaults(partitions: i32) -> Topics {
+        Topics { names: TopicNames::default(), prefix: String::new(), partitions }
+    }
+
     /// Creates only the inputs (crmflow creates the outputs).
     pub fn inputs_only(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
         let d = TopicNames::default();
@@ -294,11 +299,17 @@ impl Topics {
 
     /// crmflow's default name of one of these topics (scenario files use the defaults).
     fn default_name(&self, topic: &str) -> String {
+        if self.prefix.is_empty() {
+            return topic.to_owned();
+        }
         topic.strip_prefix(&format!("{}.", self.prefix)).unwrap_or(topic).to_owned()
     }
 
     /// This test's name of a default topic name.
     fn own_name(&self, default: &str) -> String {
+        if self.prefix.is_empty() {
+            return default.to_owned();
+        }
         format!("{}.{default}", self.prefix)
     }
 }
