@@ -841,3 +841,113 @@ pub fn play_scenario(name: &str) {
     }
     assert!(status.success(), "crmflow run exited with {status}:\n{}", processor.logs());
 }
+
+/// Several instances, zombies and state directories (`kafka_instances.rs`).
+impl Processor {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGSTOP: the process freezes as in a long GC pause or a stalled VM; its session with the
+    /// group lapses and its open transaction stays open. [`Processor::resume`] wakes it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT: a paused process carries on where it froze (a zombie, if it was replaced).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Like [`wait_until_processed`] for a group of several members: waits until the group has
+/// committed offsets at the end of every input partition; fails if any of `members` exits.
+pub fn wait_until_processed_by(
+    broker: &Broker,
+    topics: &Topics,
+    group: &str,
+    members: &mut [&mut Processor],
+    timeout: Duration,
+) {
+    let consumer = reader(&broker.address, group);
+    let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
+    let ends = end_offsets(&consumer, &inputs, topics.partitions);
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition) in ends.keys() {
+        wanted.add_partition(topic, *partition);
+    }
+    let all_logs = |members: &[&mut Processor]| members.iter().map(|m| m.logs()).collect::<Vec<_>>().join("\n---\n");
+    let deadline = Instant::now() + timeout;
+    loop {
+        for member in members.iter_mut() {
+            if let Some(status) = member.exited() {
+                panic!(
+                    "a member ({}) exited with {status} before processing everything:\n{}",
+                    member.log.display(),
+                    member.logs()
+                );
+            }
+        }
+        let Ok(committed) = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let behind: Vec<String> = committed
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let end = ends[&(e.topic().to_owned(), e.partition())];
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                (at < end).then(|| format!("{} [{}] at {at} of {end}", e.topic(), e.partition()))
+            })
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not processed within {timeout:?}: {}\n{}",
+            behind.join(", "),
+            all_logs(members)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Copies a directory tree (a state directory snapshot: take it while the processor is paused
+/// or dead, so the RocksDB files are what a crash would leave).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
