@@ -1,0 +1,393 @@
+//! End-to-end benchmarks of crmflow on the real Apache Kafka broker.
+//!
+//! `crates/demo/benches/pipeline.rs` measures the pure core (decode → decide → encode) on one
+//! thread. What an operator sizes a deployment by is the whole path: broker, consumer, merge,
+//! RocksDB batches, transactions, producer. This binary measures that path and, so that the
+//! figures say something on any machine, measures next to it a plain rdkafka consume → produce
+//! pass-through with the same guarantee, topics, partitions and commit interval, in the same
+//! run: crmflow is reported as a ratio of it.
+//!
+//! - **Throughput**: a backlog of demo events (`crmflow generate`'s stream) is produced first;
+//!   each system then starts in its own consumer group, and the clock runs until the group's
+//!   committed offsets reach the inputs' end offsets.
+//! - **Latency**: fresh topics per system, input produced at a steady rate, each record stamped
+//!   with its produce time; crmflow stamps outputs with their input's timestamp (and the
+//!   pass-through copies it), so an output's age when a read_committed consumer gets it is the
+//!   end-to-end latency. The first seconds (start-up, setup events) are left out.
+//! - **Failover**: two instances share the partitions; one is SIGKILLed; the time until the
+//!   survivor processes records produced after the kill on each of the dead one's partitions.
+//!
+//! Nothing here asserts a figure: targets are printed next to the measurements.
+#![deny(missing_docs)]
+
+mod broker;
+mod failover;
+mod load;
+mod measure;
+mod passthrough;
+mod processor;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::broker::{Broker, RunTopics};
+use crate::load::{demo_config, now_ms, produce, Pace};
+use crate::measure::{latency, wait_processed, Reader};
+use crate::passthrough::PassThrough;
+use crate::processor::{Instance, Settings};
+use crate::report::{FailoverRow, LatencyRow, Report, ThroughputRow};
+
+/// A processing guarantee, as crmflow's `processing_guarantee` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Guarantee {
+    /// Transactions: outputs and offsets committed together.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed.
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::ExactlyOnce => "exactly_once",
+            Guarantee::AtLeastOnce => "at_least_once",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Guarantee::ExactlyOnce => "eos",
+            Guarantee::AtLeastOnce => "alo",
+        }
+    }
+}
+
+/// Which guarantees to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Guarantees {
+    Both,
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Throughput,
+    Latency,
+    Failover,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "crmflow-bench", about = "End-to-end benchmarks of crmflow on Apache Kafka")]
+struct Cli {
+    /// Existing Kafka cluster; without it a local broker is started with deploy/kafka/kafka.sh.
+    #[arg(long, env = "BROKERS")]
+    brokers: Option<String>,
+    /// Events in the throughput backlog.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Events per second of the latency runs.
+    #[arg(long, default_value_t = 5_000.0)]
+    rate: f64,
+    /// Seconds of paced input per latency run (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Seconds at the start of each latency run that are not measured.
+    #[arg(long, default_value_t = 5)]
+    latency_warmup_seconds: u64,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Guarantees to measure.
+    #[arg(long, value_enum, default_value_t = Guarantees::Both)]
+    guarantee: Guarantees,
+    /// Commit interval of crmflow and of the pass-through, in ms (crmflow's default: 100).
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// crmflow's max_wait_ms in every run (crmflow's default: 500).
+    #[arg(long, default_value_t = 500)]
+    max_wait_ms: u64,
+    /// Further max_wait_ms values to measure crmflow's latency with (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [0])]
+    extra_latency_max_wait_ms: Vec<u64>,
+    /// session.timeout.ms of crmflow's consumer in the failover runs (Kafka's default: 45000).
+    #[arg(long, default_value_t = 6_000)]
+    session_timeout_ms: u64,
+    /// Events per second of live load during the failover runs.
+    #[arg(long, default_value_t = 1_000.0)]
+    failover_rate: f64,
+    /// Seconds both instances run before the kill.
+    #[arg(long, default_value_t = 10)]
+    failover_warmup_seconds: u64,
+    /// Companies of the demo stream (the record key).
+    #[arg(long, default_value_t = 64)]
+    companies: usize,
+    /// CRM users per company.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Seed of the demo stream.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// Parts to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Failover])]
+    only: Vec<Part>,
+    /// The crmflow binary (default: `crmflow` next to this one).
+    #[arg(long)]
+    crmflow: Option<PathBuf>,
+    /// Where broker data, state directories and logs go (default: `tmp/crmflow-bench` in the
+    /// target directory); wiped at start.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let exe_dir = exe.parent().context("this binary's directory")?;
+    let binary = cli.crmflow.clone().unwrap_or_else(|| exe_dir.join("crmflow"));
+    if !binary.exists() {
+        bail!("no crmflow binary at {} (build it with `cargo build --release -p crmflow`)", binary.display());
+    }
+    let work = cli.work_dir.clone().unwrap_or_else(|| exe_dir.join("../tmp/crmflow-bench"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = work.canonicalize()?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+
+    let broker = match &cli.brokers {
+        Some(address) => Broker::existing(address),
+        None => {
+            eprintln!("starting Apache Kafka (deploy/kafka/kafka.sh start)…");
+            Broker::start(&repo, &work.join("kafka"))?
+        }
+    };
+    eprintln!("broker at {}; work directory {}", broker.address, work.display());
+    let guarantees: Vec<Guarantee> = match cli.guarantee {
+        Guarantees::Both => vec![Guarantee::ExactlyOnce, Guarantee::AtLeastOnce],
+        Guarantees::ExactlyOnce => vec![Guarantee::ExactlyOnce],
+        Guarantees::AtLeastOnce => vec![Guarantee::AtLeastOnce],
+    };
+    let run_id = format!("bench{}", now_ms() / 1000);
+    let demo = demo_config(cli.companies, cli.users, cli.seed);
+    let settings = |guarantee: Guarantee, max_wait_ms: u64| Settings {
+        binary: binary.clone(),
+        guarantee,
+        commit_interval_ms: cli.commit_interval_ms,
+        max_wait_ms: Some(max_wait_ms),
+        session_timeout_ms: cli.session_timeout_ms,
+    };
+    let commit_interval = Duration::from_millis(cli.commit_interval_ms);
+
+    let mut report = Report { context: context(&cli, &repo, &broker), ..Report::default() };
+
+    if cli.only.contains(&Part::Throughput) {
+        let inputs = format!("{run_id}-tp");
+        RunTopics::new(&inputs, &inputs, cli.partitions).create(&broker, true)?;
+        eprintln!("producing a backlog of {} events…", cli.events);
+        let started = Instant::now();
+        let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+        let pace = Pace { rate: None, count: Some(cli.events), stop: &stop, sent: &sent };
+        let produced = produce(&broker.address, &RunTopics::new(&inputs, &inputs, 1).names, demo, &pace)?;
+        eprintln!("  {produced} events in {:.1} s", started.elapsed().as_secs_f64());
+        for &guarantee in &guarantees {
+            for system in ["pass-through", "crmflow"] {
+                let name = format!("{inputs}-{}-{}", if system == "crmflow" { "cf" } else { "pt" }, guarantee.short());
+                let topics = RunTopics::new(&inputs, &name, cli.partitions);
+                topics.create(&broker, false)?;
+                eprintln!("throughput: {system} {}…", guarantee.as_str());
+                let started = Instant::now();
+                let timeout = Duration::from_secs(600);
+                let throughput = if system == "crmflow" {
+                    let mut instance =
+                        Instance::start(&settings(guarantee, cli.max_wait_ms), &broker, &topics, &name, "0", &work)?;
+                    let t = wait_processed(&broker, &topics, &name, started, timeout, || instance.check_running())?;
+                    instance.stop()?;
+                    t
+                } else {
+                    let pt = PassThrough::start(&broker, &topics, &name, guarantee, commit_interval)?;
+                    let t = wait_processed(&broker, &topics, &name, started, timeout, || Ok(()))?;
+                    pt.stop()?;
+                    t
+                };
+                eprintln!(
+                    "  {:.0} events/s ({:.0} after the first commit)",
+                    throughput.rate(),
+                    throughput.steady_rate()
+                );
+                report.throughput.push(ThroughputRow { system, guarantee, throughput });
+            }
+        }
+    }
+
+    if cli.only.contains(&Part::Latency) {
+        for &guarantee in &guarantees {
+            let mut runs: Vec<(&'static str, Option<u64>)> =
+                vec![("pass-through", None), ("crmflow", Some(cli.max_wait_ms))];
+            runs.extend(cli.extra_latency_max_wait_ms.iter().map(|w| ("crmflow", Some(*w))));
+            for (system, max_wait_ms) in runs {
+                eprintln!(
+                    "latency: {system} {} {}at {} events/s…",
+                    guarantee.as_str(),
+                    max_wait_ms.map_or_else(String::new, |w| format!("max_wait_ms={w} ")),
+                    cli.rate
+                );
+                let name = format!(
+                    "{run_id}-lat-{}-{}{}",
+                    if system == "crmflow" { "cf" } else { "pt" },
+                    guarantee.short(),
+                    max_wait_ms.map_or_else(String::new, |w| format!("-w{w}"))
+                );
+                let row = latency_run(&cli, &broker, &name, guarantee, system, max_wait_ms, &settings, &work)?;
+                if let Some(l) = &row.latency {
+                    eprintln!("  p50 {} ms, p99 {} ms, max {} ms over {} outputs", l.p50, l.p99, l.max, l.count);
+                }
+                report.latency.push(row);
+            }
+        }
+    }
+
+    if cli.only.contains(&Part::Failover) {
+        for &guarantee in &guarantees {
+            eprintln!("failover: {}…", guarantee.as_str());
+            let name = format!("{run_id}-fo-{}", guarantee.short());
+            let failover = failover::run(
+                &broker,
+                &settings(guarantee, cli.max_wait_ms),
+                &work,
+                &name,
+                cli.partitions,
+                demo,
+                cli.failover_rate,
+                Duration::from_secs(cli.failover_warmup_seconds),
+            )?;
+            eprintln!("  {failover:?}");
+            report.failover.push(FailoverRow { guarantee, session_timeout_ms: cli.session_timeout_ms, failover });
+        }
+    }
+
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &cli.output {
+        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One latency run: fresh topics, the system started and assigned, then paced input; outputs
+/// of inputs produced after the warm-up are measured.
+#[allow(clippy::too_many_arguments)]
+fn latency_run(
+    cli: &Cli,
+    broker: &Broker,
+    name: &str,
+    guarantee: Guarantee,
+    system: &'static str,
+    max_wait_ms: Option<u64>,
+    settings: &dyn Fn(Guarantee, u64) -> Settings,
+    work: &Path,
+) -> Result<LatencyRow> {
+    let topics = RunTopics::new(name, name, cli.partitions);
+    topics.create(broker, true)?;
+    let reader = Reader::start(broker, &topics)?;
+    let mut instance = None;
+    let mut pass_through = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    match max_wait_ms {
+        Some(wait) => {
+            let mut started = Instance::start(&settings(guarantee, wait), broker, &topics, name, "0", work)?;
+            while started.assigned().len() < cli.partitions as usize {
+                started.check_running()?;
+                if Instant::now() > deadline {
+                    bail!("crmflow was not assigned every partition within 90 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            instance = Some(started);
+        }
+        None => {
+            let started =
+                PassThrough::start(broker, &topics, name, guarantee, Duration::from_millis(cli.commit_interval_ms))?;
+            while !started.is_ready() {
+                if Instant::now() > deadline {
+                    bail!("the pass-through was not assigned partitions within 90 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pass_through = Some(started);
+        }
+    }
+    // Let the first fetches settle before the clock starts.
+    std::thread::sleep(Duration::from_secs(1));
+    let total = cli.latency_warmup_seconds + cli.latency_seconds;
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    let pace = Pace { rate: Some(cli.rate), count: Some((cli.rate * total as f64) as u64), stop: &stop, sent: &sent };
+    let start_ms = now_ms();
+    let started = Instant::now();
+    let produced = produce(&broker.address, &topics.names, demo_config(cli.companies, cli.users, cli.seed), &pace)?;
+    let produced_rate = produced as f64 / started.elapsed().as_secs_f64();
+    let end_ms = now_ms();
+    wait_processed(broker, &topics, name, Instant::now(), Duration::from_secs(300), || match instance.as_mut() {
+        Some(i) => i.check_running(),
+        None => Ok(()),
+    })?;
+    let observed = reader.finish(broker, &topics)?;
+    if let Some(mut i) = instance {
+        i.stop()?;
+    }
+    if let Some(p) = pass_through {
+        p.stop()?;
+    }
+    let from_ms = start_ms + 1000 * cli.latency_warmup_seconds as i64;
+    Ok(LatencyRow { system, guarantee, max_wait_ms, produced_rate, latency: latency(&observed, from_ms, end_ms) })
+}
+
+/// The machine, date and parameters the figures were measured with.
+fn context(cli: &Cli, repo: &Path, broker: &Broker) -> Vec<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kafka = std::fs::read_to_string(repo.join("deploy/kafka/pom.xml"))
+        .ok()
+        .and_then(|pom| {
+            let start = pom.find("<kafka.version>")? + "<kafka.version>".len();
+            let end = pom[start..].find('<')? + start;
+            Some(pom[start..end].to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let broker_kind = if cli.brokers.is_some() {
+        format!("the cluster at {}", broker.address)
+    } else {
+        format!("one local Apache Kafka {kafka} broker (deploy/kafka/kafka.sh, KRaft, 1 replica)")
+    };
+    vec![
+        format!("Measured {date} on {cores} cores ({cpu}), broker: {broker_kind}, on the same machine."),
+        format!(
+            "{} partitions per topic; commit interval {} ms for both systems; crmflow max_wait_ms {}; demo stream \
+             of {} companies × {} users × 5 workflows (seed {}), JSON values.",
+            cli.partitions, cli.commit_interval_ms, cli.max_wait_ms, cli.companies, cli.users, cli.seed
+        ),
+    ]
+}
