@@ -139,6 +139,78 @@ fn a_stale_state_directory_restores_only_the_changelog_tail() {
     assert!(!logs.contains("restoring the store in full"), "{logs}");
 }
 
+/// Input records deleted (by retention) before they were processed are skipped, loudly: the
+/// processor goes on from the earliest record there is and never waits for the gone ones.
+#[test]
+fn input_records_deleted_before_processing_are_skipped_and_counted() {
+    let broker = kafka();
+    let name = "expired";
+    let topics = Topics::create(broker, name, 2);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let (input, _) = scenario("seed-walkthrough");
+    let run = |lines: &[Vec<u8>]| {
+        produce_lines(broker, &topics, lines);
+        let mut processor = Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+        wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
+        assert!(processor.stop().success(), "{}", processor.logs());
+        processor.logs()
+    };
+    run(&input[..4]);
+    // The next CRM change arrives while crmflow is down, and retention deletes it.
+    produce_lines(broker, &topics, &input[4..5]);
+    broker.delete_all_records(&topics.names.crm_changes);
+    let logs = run(&input[5..]);
+    assert!(logs.contains("deleted (retention) before they were processed"), "{logs}");
+    let kept: Vec<Vec<u8>> = input[..4].iter().chain(&input[5..]).cloned().collect();
+    compare(&simulate(&kept), &read_outputs(broker, &topics), Duplicates::Fail)
+        .unwrap_or_else(|d| panic!("{d}\n{logs}"));
+}
+
+/// Outputs the broker refuses for good (here: timestamps older than the topic accepts) neither
+/// stop crmflow nor make it retry forever: the round is aborted and redone, and each input record
+/// concerned is set aside as one dead letter (`rejected_by_broker`), its state changes not applied;
+/// the outputs before it stay as they are.
+#[test]
+fn records_whose_outputs_the_broker_refuses_become_dead_letters() {
+    let broker = kafka();
+    let name = "refused";
+    let topics = Topics::create(broker, name, 2);
+    // The walk-through is stamped in 2024: older than a day.
+    broker.set_topic_config(&topics.names.activities_accepted, "message.timestamp.before.max.ms", "86400000");
+    let (input, expected) = scenario("seed-walkthrough");
+    produce_lines(broker, &topics, &input);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let mut processor = Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
+    assert!(processor.stop().success(), "{}", processor.logs());
+    let logs = processor.logs();
+    let actual = read_outputs(broker, &topics);
+    assert!(actual.iter().all(|r| r.topic != "activities.accepted"), "{logs}");
+    let accepted = expected.iter().filter(|e| e.topic == "activities.accepted").count();
+    let refused: Vec<&String> = actual
+        .iter()
+        .filter(|r| {
+            r.headers.get(crmflow_codec::dead_letter::HEADER_ERROR_KIND).map(String::as_str)
+                == Some("rejected_by_broker")
+        })
+        .map(|r| &r.headers[crmflow_codec::dead_letter::HEADER_SOURCE_OFFSET])
+        .collect();
+    // Setting a record aside changes what later records mean (a revision becomes a first
+    // acceptance), so every later would-be acceptance is refused too: at least simulate's.
+    assert!(refused.len() >= accepted, "a dead letter per refused record: {refused:?}\n{logs}");
+    let distinct: std::collections::BTreeSet<&&String> = refused.iter().collect();
+    assert_eq!(distinct.len(), refused.len(), "no dead letter twice");
+    assert!(logs.contains("refused this record's outputs for good"), "{logs}");
+    // Nothing else is lost: the other outputs are simulate's.
+    let others: Vec<crmflow_codec::Envelope> =
+        expected.into_iter().filter(|e| e.topic == "users.provisioned" || e.topic == "activities.ignored").collect();
+    let actual_others: Vec<Consumed> =
+        actual.into_iter().filter(|r| r.topic == "users.provisioned" || r.topic == "activities.ignored").collect();
+    compare(&others, &actual_others, Duplicates::Fail).unwrap_or_else(|d| panic!("{d}\n{logs}"));
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -86,7 +86,7 @@ fn tail(logs: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One line per run log: stores opened, partitions replayed, and its last progress report.
+/// One line per run log: stores opened, restored and replayed, and its last progress report.
 fn digest(logs: &str) -> String {
     let mut lines = Vec::new();
     for run in logs.split("=== ").filter(|r| !r.is_empty()) {
@@ -94,8 +94,9 @@ fn digest(logs: &str) -> String {
         let last = log.lines().rev().find(|l| l.contains(" records") && l.contains("provisioned"));
         let last = last.map_or("no report", |l| l.split_once("INFO").map_or(l, |(_, r)| r).trim());
         lines.push(format!(
-            "  {title}: opened {} stores, {} replays, {} dead letters; last report: {}{}",
+            "  {title}: opened {} stores, {} restores, {} replays, {} dead letters; last report: {}{}",
             log.matches("opened state store").count(),
+            log.matches("restoring the store in full").count() + log.matches("restoring the tail").count(),
             log.matches("replaying to rebuild state").count(),
             log.matches("dead letter: ").count(),
             last,
@@ -392,10 +393,10 @@ enum Before {
 /// restarts its state directory is deleted, before three others it is rolled back to a snapshot
 /// taken earlier (right after a kill, or while the instance was frozen with SIGSTOP mid-run, one
 /// of them from before a deletion), so the stores are behind the group's offsets by a little or
-/// by everything. They are rebuilt from the inputs without publishing again: the outputs are
-/// exactly simulate's. (Deletions come early: each costs a replay of everything so far.)
+/// by everything. They are restored from the changelog (in full, or only its tail), never from
+/// the inputs: the outputs are exactly simulate's.
 #[test]
-fn a_lost_or_stale_state_directory_is_rebuilt_without_publishing() {
+fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     let broker = kafka();
     let name = "state-dirs";
     let topics = Topics::create(broker, name, PARTITIONS);
@@ -456,13 +457,15 @@ fn a_lost_or_stale_state_directory_is_rebuilt_without_publishing() {
     }
     let outputs = check_outputs(broker, &topics, expected, name, &logs);
     assert!(status.success(), "exited with {status}\n{}", tail(&logs, 40));
-    let rebuilds = logs.matches("replaying to rebuild state without publishing").count();
-    // Every partition, after each deletion and each restore at least.
+    // Every partition restores from its changelog after each deletion (in full) and each
+    // roll-back to a snapshot (its tail), and none replays its inputs.
+    let restores = logs.matches("restoring the store in full").count() + logs.matches("restoring the tail").count();
     let wanted = plan.iter().filter(|b| **b != Before::Keep).count() * PARTITIONS as usize;
-    assert!(rebuilds >= wanted, "{rebuilds} partition replays, {wanted} wanted:\n{}", digest(&logs));
+    assert!(restores >= wanted, "{restores} partition restores, {wanted} wanted:\n{}", digest(&logs));
+    assert!(!logs.contains("replaying to rebuild state"), "the changelog covers everything:\n{}", digest(&logs));
     eprintln!(
-        "{name}: {} records, {outputs} outputs as simulate; {} kills, before the restarts {plan:?}; {rebuilds} \
-         partition replays; drained {:?} after the last kill; {:?} in all\n{}",
+        "{name}: {} records, {outputs} outputs as simulate; {} kills, before the restarts {plan:?}; {restores} \
+         partition restores; drained {:?} after the last kill; {:?} in all\n{}",
         lines.len(),
         plan.len(),
         drain.elapsed(),

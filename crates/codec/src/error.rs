@@ -19,6 +19,9 @@ pub enum ErrorKind {
     WrongTopic,
     /// The topic is not one of crmflow's inputs.
     UnknownTopic,
+    /// The broker refused the record's outputs for good (too large, a timestamp outside the
+    /// topic's limits): the record is set aside rather than retried forever.
+    RejectedByBroker,
 }
 
 impl ErrorKind {
@@ -32,6 +35,7 @@ impl ErrorKind {
             ErrorKind::WrongKey => "wrong_key",
             ErrorKind::WrongTopic => "wrong_topic",
             ErrorKind::UnknownTopic => "unknown_topic",
+            ErrorKind::RejectedByBroker => "rejected_by_broker",
         }
     }
 }

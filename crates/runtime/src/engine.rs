@@ -27,13 +27,16 @@ use crmflow_store::{ChangelogRecord, StateStore, StoreOptions};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
-use crate::processor::{decode_record, Admission, InputRecord, OutputRecord, PartitionTask, Progress};
+use crate::processor::{decode_record, Admission, InputRecord, Origin, OutputRecord, PartitionTask, Progress};
 use crate::producer::{send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
 use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
 use crate::setup;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The delivery opaque of a record that comes from no single input record (the changelog's).
+const NO_ORIGIN: usize = usize::MAX;
 
 /// The input streams in the merge's tie-break order.
 const INPUT_STREAMS: [InputStream; 3] = [InputStream::Settings, InputStream::Teams, InputStream::CrmChanges];
@@ -52,10 +55,14 @@ pub struct Engine {
     producer: ThreadedProducer<DeliveryTracker>,
     tasks: BTreeMap<i32, PartitionTask>,
     outputs: Vec<OutputRecord>,
+    // The origins of the records sent in the open round, indexed by their delivery opaque.
+    sent: Vec<Origin>,
     progress: Progress,
     in_transaction: bool,
     commits: u64,
     aborts: u64,
+    // Input records deleted by retention before they were processed.
+    expired: u64,
     // A failure inside a callback, surfaced by the loop.
     failure: Option<RunError>,
     changelog: Changelog,
@@ -108,10 +115,12 @@ impl Engine {
             producer,
             tasks: BTreeMap::new(),
             outputs: Vec::new(),
+            sent: Vec::new(),
             progress: Progress { samples: Samples::new(samples), ..Progress::default() },
             in_transaction: false,
             commits: 0,
             aborts: 0,
+            expired: 0,
             failure: None,
         }
     }
@@ -198,10 +207,10 @@ impl Engine {
         let group = group_offsets(consumer, &self.config, partition)?;
         let mut assigned = BTreeMap::new();
         for (_, input) in self.config.topics.inputs() {
-            let offset = match group.get(input) {
-                Some(offset) => *offset,
-                None => self.low_watermark(input, partition)?,
-            };
+            // Never below the topic's start: an offset out of range would make the client look
+            // one up itself, and that look-up could undo the seek after the restore.
+            let low = self.low_watermark(input, partition)?;
+            let offset = group.get(input).map_or(low, |offset| (*offset).max(low));
             if let Some(mut element) = assignment.find_partition(input, partition) {
                 element
                     .set_offset(Offset::Offset(offset))
@@ -215,6 +224,30 @@ impl Engine {
         self.restoring.insert(partition, pending);
         self.to_pause.insert(partition);
         Ok(())
+    }
+
+    /// The concrete offset an input resumes at: `start` (`None`: the topic's start), or the
+    /// topic's start where retention already deleted the records from `start` on. Those records
+    /// were never processed: the policy is to go on from the earliest record there is, loudly
+    /// (an error in the log, `crmflow_expired_input_records_total`), rather than stop or wait.
+    fn resume_offset(&mut self, topic: &str, partition: i32, start: Option<i64>) -> Result<i64, RunError> {
+        let low = self.low_watermark(topic, partition)?;
+        match start {
+            Some(start) if start < low => {
+                tracing::error!(
+                    topic,
+                    partition,
+                    from = start,
+                    until = low,
+                    "input records were deleted (retention) before they were processed; going on from the \
+                     earliest record there is. Keep the inputs' retention well above the longest outage"
+                );
+                self.expired += (low - start) as u64;
+                Ok(low)
+            }
+            Some(start) => Ok(start),
+            None => Ok(low),
+        }
     }
 
     fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, RunError> {
@@ -247,10 +280,10 @@ impl Engine {
         let task = PartitionTask::open(partition, store, self.config.max_wait_ms as i64, &topics, &group_offsets)?;
         if let Some(assignment) = assignment {
             for (topic, resume) in task.plan().inputs() {
-                let offset = resume.start.map_or(Offset::Beginning, Offset::Offset);
+                let offset = self.resume_offset(topic, partition, resume.start)?;
                 if let Some(mut element) = assignment.find_partition(topic, partition) {
                     element
-                        .set_offset(offset)
+                        .set_offset(Offset::Offset(offset))
                         .map_err(|e| RunError::kafka(format!("positioning {topic} [{partition}]"), e))?;
                 }
             }
@@ -315,10 +348,7 @@ impl Engine {
         let mut seek = TopicPartitionList::new();
         let mut inputs = TopicPartitionList::new();
         for (topic, start) in starts {
-            let start = match start {
-                Some(start) => start,
-                None => self.low_watermark(&topic, partition)?,
-            };
+            let start = self.resume_offset(&topic, partition, start)?;
             inputs.add_partition(&topic, partition);
             if assigned.is_none_or(|assigned| assigned.get(&topic).is_some_and(|at| start < *at)) {
                 seek.add_partition_offset(&topic, partition, Offset::Offset(start))
@@ -351,8 +381,9 @@ impl Engine {
     }
 
     /// After an abortable transaction error (the transaction is not committed, the producer is
-    /// still usable): aborts it, drops what every task processed since the last commit, and
-    /// rewinds each partition to what its store reflects. Processing then goes on.
+    /// still usable) or outputs the broker refused: aborts the transaction, drops what every task
+    /// processed since the last commit, and rewinds each partition to what its store reflects.
+    /// Processing then goes on.
     pub fn abort_and_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
         self.outputs.clear();
         if self.in_transaction {
@@ -361,10 +392,36 @@ impl Engine {
                 .map_err(|e| self.transaction_error("aborting the transaction", e))?;
             self.in_transaction = false;
         }
-        self.producer.context().take_changelog_next();
+        let tracker = self.producer.context();
+        tracker.take_changelog_next();
+        tracker.take_failures();
+        // Records whose outputs the broker refused for good are set aside, or the rewound round
+        // would fail on them again, forever.
+        let mut refused: BTreeMap<i32, Vec<(Origin, RDKafkaErrorCode)>> = BTreeMap::new();
+        for (opaque, code) in tracker.take_rejected() {
+            if let Some(origin) = self.sent.get(opaque) {
+                tracing::warn!(
+                    topic = %origin.topic,
+                    partition = origin.partition,
+                    offset = origin.offset,
+                    "the broker refused this record's outputs for good ({code}); it goes to the dead letters"
+                );
+                refused.entry(origin.partition).or_default().push((origin.clone(), code));
+            }
+        }
+        self.sent.clear();
         self.aborts += 1;
         for (partition, task) in std::mem::take(&mut self.tasks) {
-            self.reopen(consumer, partition, task.into_store(), Vec::new(), None)?;
+            let (store, rejected) = task.into_store();
+            self.reopen(consumer, partition, store, Vec::new(), None)?;
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                for ((topic, offset), code) in rejected {
+                    task.reject(topic, offset, code);
+                }
+                for (origin, code) in refused.remove(&partition).unwrap_or_default() {
+                    task.reject(origin.topic, origin.offset, code);
+                }
+            }
         }
         Ok(())
     }
@@ -430,17 +487,21 @@ impl Engine {
         Ok(())
     }
 
-    fn send(&self, record: &OutputRecord) -> Result<(), RunError> {
-        match send_waiting(&self.producer, base_record(record)) {
+    fn send(&mut self, record: &OutputRecord) -> Result<(), RunError> {
+        // The index of its origin is the delivery opaque: a record the broker refuses for good
+        // names the input record to set aside.
+        let opaque = self.sent.len();
+        self.sent.push(record.origin.clone());
+        match send_waiting(&self.producer, base_record(record, opaque)) {
             // A dead letter bigger than the producer may send would stop the instance at the same
             // record after every restart: publish it without its value instead, saying so.
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if record.is_dead_letter() => {
                 tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
-                send_waiting(&self.producer, base_record(&record.without_payload()))
+                send_waiting(&self.producer, base_record(&record.without_payload(), opaque))
             }
             other => other,
         }
-        .map_err(|e| RunError::kafka(format!("producing to {}", record.topic), e))
+        .map_err(|e| self.produce_error(format!("producing to {}", record.topic), e))
     }
 
     /// Makes processed work durable. Three commits, in this order:
@@ -467,7 +528,11 @@ impl Engine {
             ProcessingGuarantee::AtLeastOnce => {
                 self.send_changelog(&changelog)?;
                 self.producer.flush(CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
-                let (failed, last) = self.producer.context().failures();
+                let (failed, last) = self.producer.context().take_failures();
+                if failed > 0 && self.producer.context().has_rejected() {
+                    // Some outputs can never be published; the loop sets their records aside.
+                    return Err(RunError::OutputsRefused(last.unwrap_or_default()));
+                }
                 if failed > 0 {
                     return Err(RunError::Delivery(format!(
                         "{failed} output records were not delivered (last error: {}); offsets not committed",
@@ -503,6 +568,7 @@ impl Engine {
             }
         }
         self.commits += 1;
+        self.sent.clear();
         Ok(())
     }
 
@@ -512,12 +578,12 @@ impl Engine {
         let topic = &self.changelog.topic;
         for (partition, records) in changelog {
             for record in records {
-                let mut base = BaseRecord::to(topic).partition(*partition).key(&record.key[..]);
+                let mut base = BaseRecord::with_opaque_to(topic, NO_ORIGIN).partition(*partition).key(&record.key[..]);
                 if let Some(value) = &record.value {
                     base = base.payload(&value[..]);
                 }
                 send_waiting(&self.producer, base)
-                    .map_err(|e| RunError::kafka(format!("producing to {topic} [{partition}]"), e))?;
+                    .map_err(|e| self.produce_error(format!("producing to {topic} [{partition}]"), e))?;
             }
         }
         Ok(())
@@ -537,6 +603,17 @@ impl Engine {
                 RunError::TransactionAborted { context: context.to_owned(), source: error }
             }
             _ => RunError::kafka(context, error),
+        }
+    }
+
+    /// A failed send. Inside a transaction that already failed (a delivery refused, say), the
+    /// producer refuses every send with a state error: the transaction must be aborted.
+    fn produce_error(&self, context: String, error: KafkaError) -> RunError {
+        match error {
+            KafkaError::MessageProduction(RDKafkaErrorCode::State) if self.in_transaction => {
+                RunError::TransactionAborted { context, source: error }
+            }
+            error => RunError::kafka(context, error),
         }
     }
 
@@ -571,6 +648,19 @@ impl Engine {
 
     /// Commits what is processed and lets the partitions go (called before a revocation).
     pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        // librdkafka keeps a partition paused across rebalances: resume the restoring ones while
+        // they are still assigned, or they would stay paused when assigned again.
+        let mut paused = TopicPartitionList::new();
+        for partition in self.restoring.keys() {
+            for (_, topic) in self.config.topics.inputs() {
+                paused.add_partition(topic, *partition);
+            }
+        }
+        if paused.count() > 0 {
+            if let Err(e) = consumer.resume(&paused) {
+                tracing::warn!("resuming restoring partitions before their revocation: {e}");
+            }
+        }
         self.cancel_restores();
         if self.failure.is_none() {
             if let Err(e) = self.commit(consumer) {
@@ -613,6 +703,7 @@ impl Engine {
             lag,
             commits: self.commits,
             aborts: self.aborts,
+            expired: self.expired,
             restoring: self.restoring.len(),
             restored: self.restored_records.load(Ordering::Relaxed),
         }
@@ -667,13 +758,15 @@ fn input_caught_up<C: ConsumerContext>(
 }
 
 /// The producer record of an output.
-fn base_record(record: &OutputRecord) -> BaseRecord<'_, [u8], [u8]> {
+fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8], usize> {
     let mut headers = OwnedHeaders::new();
     for (key, value) in &record.headers {
         headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
     }
-    let mut base =
-        BaseRecord::to(&record.topic).payload(&record.payload[..]).timestamp(record.timestamp).headers(headers);
+    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(&record.payload[..]).headers(headers);
+    if let Some(timestamp) = record.timestamp {
+        base = base.timestamp(timestamp);
+    }
     if let Some(key) = &record.key {
         base = base.key(&key[..]);
     }

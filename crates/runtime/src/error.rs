@@ -39,6 +39,10 @@ pub enum RunError {
         /// The client's error.
         source: KafkaError,
     },
+    /// The broker refused outputs for good (`at_least_once`); their records are set aside as dead
+    /// letters and the round is redone.
+    #[error("the broker refused outputs for good ({0}); setting their records aside")]
+    OutputsRefused(String),
     /// The broker rejected outputs; offsets were not committed.
     #[error("{0}")]
     Delivery(String),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, InputEvent, InputStream, Tally};
 use crmflow_store::{ChangelogRecord, InputPosition, StateStore};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::merge::Merger;
@@ -40,8 +41,22 @@ pub struct OutputRecord {
     pub payload: Vec<u8>,
     /// Headers (dead letters only).
     pub headers: Vec<(&'static str, String)>,
-    /// The timestamp: the input's, so replays reproduce it.
-    pub timestamp: i64,
+    /// The timestamp: the input's, so replays reproduce it (`None`: the producer's clock, only
+    /// for the dead letter of a record whose timestamp the broker refused).
+    pub timestamp: Option<i64>,
+    /// The input record it comes from.
+    pub origin: Origin,
+}
+
+/// Where an output comes from: an input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The input topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
 }
 
 impl OutputRecord {
@@ -123,6 +138,8 @@ pub struct PartitionTask {
     last_timestamp: i64,
     // The latest timestamp processed, to tell late records.
     processed_until: i64,
+    // Input records whose outputs the broker refused for good, with why: dead letters now.
+    rejected: BTreeMap<(String, i64), RDKafkaErrorCode>,
 }
 
 impl PartitionTask {
@@ -153,6 +170,7 @@ impl PartitionTask {
             plan,
             last_timestamp: 0,
             processed_until: i64::MIN,
+            rejected: BTreeMap::new(),
         })
     }
 
@@ -233,19 +251,32 @@ impl PartitionTask {
         if replaying {
             progress.replayed += 1;
         }
-        let event = match record.event {
+        let event = match self.rejected.get(&(record.topic.clone(), record.offset)) {
+            // Its outputs cannot be published: set it aside as a dead letter, without its state
+            // changes, so state never holds what the outputs do not say.
+            Some(code) => Err(DecodeError::new(
+                ErrorKind::RejectedByBroker,
+                format!("the broker refused this record's outputs for good: {code}"),
+            )),
+            None => record.event,
+        };
+        let refused_timestamp =
+            self.rejected.get(&(record.topic.clone(), record.offset)) == Some(&RDKafkaErrorCode::InvalidTimestamp);
+        let event = match event {
             Ok(event) => event,
             Err(_) if replaying => return Ok(()),
             Err(error) => {
                 *progress.dead_letters.entry(error.kind).or_default() += 1;
-                let source = Source::Record { topic: record.topic, partition: self.partition, offset: record.offset };
+                let source =
+                    Source::Record { topic: record.topic.clone(), partition: self.partition, offset: record.offset };
                 tracing::warn!(partition = self.partition, kind = %error.kind, "dead letter: {}", error.message);
                 out.push(OutputRecord {
                     topic: config.topics.dead_letters.clone(),
                     key: record.key,
                     payload: record.payload,
                     headers: dead_letter_headers(&error, &source),
-                    timestamp: record.timestamp,
+                    timestamp: (!refused_timestamp).then_some(record.timestamp),
+                    origin: Origin { topic: record.topic, partition: self.partition, offset: record.offset },
                 });
                 return Ok(());
             }
@@ -264,7 +295,8 @@ impl PartitionTask {
                 key: Some(output.company_id().as_bytes().to_vec()),
                 payload: encode_output(output, config.output_encoding(output))?,
                 headers: Vec::new(),
-                timestamp: record.timestamp,
+                timestamp: Some(record.timestamp),
+                origin: Origin { topic: record.topic.clone(), partition, offset: record.offset },
             });
         }
         Ok(())
@@ -287,10 +319,17 @@ impl PartitionTask {
         !self.processed.is_empty()
     }
 
-    /// Gives back the store, without what was staged since the last RocksDB batch.
-    pub fn into_store(mut self) -> StateStore {
+    /// Gives back the store, without what was staged since the last RocksDB batch, and the
+    /// records set aside as refused by the broker.
+    pub fn into_store(mut self) -> (StateStore, BTreeMap<(String, i64), RDKafkaErrorCode>) {
         self.store.discard_staged();
-        self.store
+        (self.store, self.rejected)
+    }
+
+    /// Sets an input record aside: the broker refused its outputs for good (`code`), so when it
+    /// comes again it becomes a dead letter saying so.
+    pub fn reject(&mut self, topic: String, offset: i64, code: RDKafkaErrorCode) {
+        self.rejected.insert((topic, offset), code);
     }
 
     /// The partition.
@@ -320,6 +359,9 @@ impl PartitionTask {
             .commit(&positions, changelog_next)
             .map_err(|source| ProcessError::Store { partition: self.partition, source })?;
         self.stored.extend(std::mem::take(&mut self.processed));
+        // Records set aside and now committed never come again.
+        let stored = &self.stored;
+        self.rejected.retain(|(topic, offset), _| stored.get(topic).is_none_or(|next| offset >= next));
         Ok(())
     }
 

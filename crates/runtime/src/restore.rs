@@ -229,6 +229,7 @@ impl Restoring {
         self.cancel.store(true, Ordering::SeqCst);
         let partition = self.partition;
         match self.join() {
+            Ok(restored) if restored.complete => tracing::info!(partition, "restore finished as the partition went"),
             Ok(restored) => tracing::info!(partition, next = restored.next, "restore interrupted; it resumes there"),
             Err(e) => tracing::warn!(partition, "restore interrupted: {e}"),
         }

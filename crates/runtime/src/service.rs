@@ -133,7 +133,7 @@ fn process_until_stopped(
         }
         match round {
             Ok(()) => {}
-            Err(e @ RunError::TransactionAborted { .. }) => {
+            Err(e @ (RunError::TransactionAborted { .. } | RunError::OutputsRefused(_))) => {
                 tracing::warn!("{e}; rewinding to the last commit and going on");
                 engine.abort_and_rewind(consumer)?;
             }
