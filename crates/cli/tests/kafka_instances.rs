@@ -457,10 +457,11 @@ fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     }
     let outputs = check_outputs(broker, &topics, expected, name, &logs);
     assert!(status.success(), "exited with {status}\n{}", tail(&logs, 40));
-    // Every partition restores from its changelog after each deletion (in full) and each
-    // roll-back to a snapshot (its tail), and none replays its inputs.
+    // Stores restore from their changelog after each deletion (in full) and each roll-back to
+    // a snapshot (the tail), and none replays its inputs. (A partition whose changelog has not
+    // moved since the snapshot, or is still empty, is current and restores nothing.)
     let restores = logs.matches("restoring the store in full").count() + logs.matches("restoring the tail").count();
-    let wanted = plan.iter().filter(|b| **b != Before::Keep).count() * PARTITIONS as usize;
+    let wanted = plan.iter().filter(|b| **b != Before::Keep).count();
     assert!(restores >= wanted, "{restores} partition restores, {wanted} wanted:\n{}", digest(&logs));
     assert!(!logs.contains("replaying to rebuild state"), "the changelog covers everything:\n{}", digest(&logs));
     eprintln!(
