@@ -354,5 +354,5 @@ fn replicas_sharing_an_instance_id_are_told_so() {
     };
     second.stop();
     assert!(!status.success());
-    assert!(first.logs().contains("give every replica its own instance_id"), "{}", first.logs());
+    assert!(first.logs().contains("another crmflow instance with the same instance_id"), "{}", first.logs());
 }

@@ -204,12 +204,7 @@ impl Config {
             return invalid("commit_interval_ms", format!("{} is outside 10..=60000", self.commit_interval_ms));
         }
         if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-            let timeout = self
-                .kafka_producer
-                .get("transaction.timeout.ms")
-                .or_else(|| self.kafka.get("transaction.timeout.ms"))
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS);
+            let timeout = self.transaction_timeout_ms();
             if self.commit_interval_ms.saturating_mul(5) > timeout {
                 return invalid(
                     "commit_interval_ms",
@@ -324,6 +319,16 @@ impl Config {
             set_default(&mut config, "transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT_MS.to_string());
         }
         config
+    }
+
+    /// The producer's `transaction.timeout.ms`: how long a crashed member's open transaction
+    /// (and the consumer offsets in it) can hold back its partitions.
+    pub fn transaction_timeout_ms(&self) -> u64 {
+        self.kafka_producer
+            .get("transaction.timeout.ms")
+            .or_else(|| self.kafka.get("transaction.timeout.ms"))
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS)
     }
 
     /// The producer's transactional id under exactly-once: `application_id.instance_id`.

@@ -145,6 +145,12 @@ impl Engine {
     /// stale or missing store starts restoring from its changelog, its inputs to be paused
     /// (see [`crate::restore`]).
     pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, assignment: &TopicPartitionList) {
+        if !self.tasks.is_empty() || !self.restoring.is_empty() {
+            // Seen when the inputs grow during a rebalance: librdkafka assigns again without
+            // revoking first. The partitions are still ours: commit and close as on revocation.
+            tracing::info!("assigned again without a revocation; committing and closing the partitions first");
+            self.on_revoke(consumer);
+        }
         let partitions: BTreeSet<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
         if let Some(needed) = partitions.last().map(|p| p + 1) {
             if needed > self.changelog.partitions {
@@ -165,29 +171,34 @@ impl Engine {
                 }
             }
         }
+        let group = match group_offsets(consumer, &self.config, &partitions) {
+            Ok(group) => group,
+            Err(e) => {
+                tracing::error!("cannot open the partitions: {e}");
+                self.failure.get_or_insert(e);
+                return;
+            }
+        };
         for partition in partitions {
-            if let Err(e) = self.assign_partition(consumer, assignment, partition) {
+            let group = group.get(&partition).cloned().unwrap_or_default();
+            if let Err(e) = self.assign_partition(assignment, partition, &group) {
                 tracing::error!(partition, "cannot open the partition: {e}");
                 self.failure.get_or_insert(e);
             }
         }
     }
 
-    fn assign_partition<C: ConsumerContext>(
+    fn assign_partition(
         &mut self,
-        consumer: &BaseConsumer<C>,
         assignment: &TopicPartitionList,
         partition: i32,
+        group: &BTreeMap<String, i64>,
     ) -> Result<(), RunError> {
         let store = self.open_store(partition)?;
+        let (low, high) = self.watermarks(&self.changelog.topic, partition)?;
         let topic = &self.changelog.topic;
-        let (low, high) = self
-            .changelog
-            .client
-            .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
-            .map_err(|e| RunError::kafka(format!("reading the offsets of `{topic}` [{partition}]"), e))?;
         let (store, from) = match restore::plan(store.changelog_next()?, !store.is_empty()?, low, high) {
-            RestorePlan::Current => return self.open_task(consumer, Some(assignment), partition, store),
+            RestorePlan::Current => return self.open_task(Some(assignment), partition, store, group),
             RestorePlan::Tail { from } => {
                 tracing::info!(
                     partition,
@@ -204,7 +215,6 @@ impl Engine {
             }
         };
         // Nothing is processed until the restore ends; the inputs start where the group is.
-        let group = group_offsets(consumer, &self.config, partition)?;
         let mut assigned = BTreeMap::new();
         for (_, input) in self.config.topics.inputs() {
             // Never below the topic's start: an offset out of range would make the client look
@@ -251,12 +261,28 @@ impl Engine {
     }
 
     fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, RunError> {
-        let (low, _) = self
-            .changelog
-            .client
-            .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
-            .map_err(|e| RunError::kafka(format!("reading the offsets of `{topic}` [{partition}]"), e))?;
-        Ok(low)
+        Ok(self.watermarks(topic, partition)?.0)
+    }
+
+    /// The committed low and high offsets of a partition. A partition just added to its topic
+    /// may be unknown to the client's metadata for a moment: refresh it and ask again.
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), RunError> {
+        let client = &self.changelog.client;
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            match client.fetch_watermarks(topic, partition, CLIENT_TIMEOUT) {
+                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownPartition)) if Instant::now() < deadline => {
+                    if let Err(e) = client.fetch_metadata(Some(topic), CLIENT_TIMEOUT) {
+                        tracing::debug!("refreshing the metadata of `{topic}`: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                result => {
+                    return result
+                        .map_err(|e| RunError::kafka(format!("reading the offsets of `{topic}` [{partition}]"), e))
+                }
+            }
+        }
     }
 
     fn open_store(&self, partition: i32) -> Result<StateStore, RunError> {
@@ -267,17 +293,16 @@ impl Engine {
 
     /// Opens the task of a partition whose store is current; inside the rebalance callback, it
     /// positions its inputs at the store's offsets in the `assignment`.
-    fn open_task<C: ConsumerContext>(
+    fn open_task(
         &mut self,
-        consumer: &BaseConsumer<C>,
         assignment: Option<&TopicPartitionList>,
         partition: i32,
         store: StateStore,
+        group: &BTreeMap<String, i64>,
     ) -> Result<(), RunError> {
         let path = store.path().to_owned();
-        let group_offsets = group_offsets(consumer, &self.config, partition)?;
         let topics: Vec<&str> = self.config.topics.inputs().iter().map(|(_, t)| *t).collect();
-        let task = PartitionTask::open(partition, store, self.config.max_wait_ms as i64, &topics, &group_offsets)?;
+        let task = PartitionTask::open(partition, store, self.config.max_wait_ms as i64, &topics, group)?;
         if let Some(assignment) = assignment {
             for (topic, resume) in task.plan().inputs() {
                 let offset = self.resume_offset(topic, partition, resume.start)?;
@@ -340,7 +365,8 @@ impl Engine {
         fetched: Vec<(InputStream, InputRecord)>,
         assigned: Option<&BTreeMap<String, i64>>,
     ) -> Result<(), RunError> {
-        self.open_task(consumer, None, partition, store)?;
+        let group = group_offsets(consumer, &self.config, &BTreeSet::from([partition]))?;
+        self.open_task(None, partition, store, group.get(&partition).unwrap_or(&BTreeMap::new()))?;
         let starts: Vec<(String, Option<i64>)> = match self.tasks.get(&partition) {
             Some(task) => task.plan().inputs().map(|(topic, resume)| (topic.to_owned(), resume.start)).collect(),
             None => return Ok(()),
@@ -639,9 +665,13 @@ impl Engine {
     /// Each store's RocksDB batch: staged state with the input positions and the changelog
     /// offset it reflects. Called once the outputs and the changelog records are durable.
     fn write_batches(&mut self) -> Result<(), RunError> {
+        // A committed transaction ends with its marker, right after this instance's last record
+        // of each changelog partition (nothing else writes there): a store that counts the marker
+        // in is current, not one offset behind.
+        let marker = i64::from(self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce);
         let changelog_next = self.producer.context().take_changelog_next();
         for task in self.tasks.values_mut() {
-            task.write_batch(changelog_next.get(&task.partition()).copied())?;
+            task.write_batch(changelog_next.get(&task.partition()).map(|next| next + marker))?;
         }
         Ok(())
     }
@@ -662,6 +692,12 @@ impl Engine {
             }
         }
         self.cancel_restores();
+        if consumer.assignment_lost() {
+            // The group moved on without this member (a missed session): its offsets would be
+            // refused, and its partitions may already be processed elsewhere. Drop the round.
+            tracing::warn!("the partitions were lost (session timed out); dropping the uncommitted round");
+            self.abandon();
+        }
         if self.failure.is_none() {
             if let Err(e) = self.commit(consumer) {
                 tracing::error!("commit before revocation failed: {e}");
@@ -773,42 +809,48 @@ fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8
     base
 }
 
-/// The consumer group's committed offsets of one partition of the input topics.
+/// The consumer group's committed offsets of the input topics, per partition of `partitions`.
+///
+/// A member that died with offsets in an open transaction makes the broker answer "unstable"
+/// for those partitions (KIP-447) until the transaction coordinator aborts it: after
+/// `transaction.timeout.ms`, plus up to 10 s until it looks. So the question is repeated for that
+/// long, for all partitions at once.
 fn group_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     config: &Config,
-    partition: i32,
-) -> Result<BTreeMap<String, i64>, RunError> {
+    partitions: &BTreeSet<i32>,
+) -> Result<BTreeMap<i32, BTreeMap<String, i64>>, RunError> {
     let mut wanted = TopicPartitionList::new();
-    for (_, topic) in config.topics.inputs() {
-        wanted.add_partition(topic, partition);
+    for partition in partitions {
+        for (_, topic) in config.topics.inputs() {
+            wanted.add_partition(topic, *partition);
+        }
     }
-    // The group coordinator may be moving or loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS):
-    // such errors pass, so ask again until the client time-out.
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let patience = Duration::from_millis(config.transaction_timeout_ms()) + Duration::from_secs(20);
+    let deadline = Instant::now() + patience.max(CLIENT_TIMEOUT);
     let committed = loop {
         match consumer.committed_offsets(wanted.clone(), CLIENT_TIMEOUT) {
             Ok(committed) => break committed,
+            // The coordinator may be moving or loading, or a dead member's offsets pending.
             Err(e) if Instant::now() < deadline => {
-                tracing::debug!(partition, "reading the group's committed offsets: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
+                tracing::info!(?partitions, "reading the group's committed offsets: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => {
                 return Err(RunError::kafka(
-                    format!("reading the group's committed offsets of partition {partition}"),
+                    format!("reading the group's committed offsets of partitions {partitions:?}"),
                     e,
                 ))
             }
         }
     };
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(offset) => Some((e.topic().to_owned(), offset)),
-            _ => None,
-        })
-        .collect())
+    let mut offsets: BTreeMap<i32, BTreeMap<String, i64>> = partitions.iter().map(|p| (*p, BTreeMap::new())).collect();
+    for element in committed.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            offsets.entry(element.partition()).or_default().insert(element.topic().to_owned(), offset);
+        }
+    }
+    Ok(offsets)
 }
 
 /// The engine, also when a callback panicked while holding it.

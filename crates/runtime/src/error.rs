@@ -26,8 +26,9 @@ pub enum RunError {
     },
     /// Another producer took over this instance's transactional id.
     #[error(
-        "fenced: another crmflow instance uses the transactional id `{0}` (application_id.instance_id); \
-         give every replica its own instance_id"
+        "fenced: a newer producer took over the transactional id `{0}` (application_id.instance_id): another \
+         crmflow instance with the same instance_id (give every replica its own), or this instance was stalled \
+         past transaction.timeout.ms"
     )]
     Fenced(String),
     /// The transaction failed and must be aborted; the producer stays usable, so processing goes

@@ -43,8 +43,9 @@
 //!    the outputs).
 //! 4. `store.commit(&positions, changelog_next)?;` writes every staged write plus the
 //!    input positions (next offset to read, per topic partition) and the changelog
-//!    offset the store now reflects in ONE synced RocksDB `WriteBatch`: after a crash
-//!    the state and the positions always agree. [`StateStore::positions`] and
+//!    offset the store now reflects in ONE RocksDB `WriteBatch`: after a crash the
+//!    state and the positions always agree. The batch is not fsynced: after a machine
+//!    crash the store may be behind its changelog, never ahead, and the tail is restored. [`StateStore::positions`] and
 //!    [`StateStore::changelog_next`] read them back on startup.
 //! 5. If the batch cannot be completed (e.g. its outputs failed to publish),
 //!    [`StateStore::discard_staged`] forgets the staged writes instead.

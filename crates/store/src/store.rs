@@ -134,7 +134,7 @@ impl StateStore {
     }
 
     /// Persists all staged writes plus input positions, and the changelog offset they reach
-    /// (`None`: unchanged), in one synced, atomic write, then clears the stage. On error nothing
+    /// (`None`: unchanged), in one atomic write, then clears the stage. On error nothing
     /// is written and the stage is kept.
     pub fn commit(&mut self, positions: &[InputPosition], changelog_next: Option<i64>) -> Result<(), StoreError> {
         let writes: usize = self.staged.iter().map(BTreeMap::len).sum();
@@ -161,10 +161,11 @@ impl StateStore {
         if let Some(next) = changelog_next {
             batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
         }
-        let mut write_options = WriteOptions::default();
-        // The positions promise the input will not be read again: they must be on disk.
-        write_options.set_sync(true);
-        self.db.write_opt(batch, &write_options).map_err(|source| StoreError::Commit {
+        // Not synced: RocksDB's log keeps batches in order, so after a machine crash the store
+        // holds a prefix of them and is at most behind its changelog, whose tail restores the rest
+        // (see `crmflow_runtime::restore`). A process crash loses nothing. An fsync per partition
+        // per commit would cost more than the commit itself.
+        self.db.write(batch).map_err(|source| StoreError::Commit {
             path: self.path.clone(),
             writes,
             positions: positions.len(),
