@@ -599,7 +599,7 @@ fn a_lost_or_stale_state_directory_is_rebuilt_without_publishing() {
     for (kill, before) in plan.iter().enumerate() {
         // Each kill interrupts the instance at work: once it owns its partitions.
         wait_until_owning_all(&mut processor, 0, Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(1_000 + 600 * (kill as u64 % 4)));
+        std::thread::sleep(Duration::from_millis(2_000 + 700 * (kill as u64 % 4)));
         if kill % 3 == 1 {
             // A snapshot of a live instance: frozen, its files are what a crash would leave.
             processor.pause();
