@@ -812,9 +812,10 @@ fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8
 /// The consumer group's committed offsets of the input topics, per partition of `partitions`.
 ///
 /// A member that died with offsets in an open transaction makes the broker answer "unstable"
-/// for those partitions (KIP-447) until the transaction coordinator aborts it: after
-/// `transaction.timeout.ms`, plus up to 10 s until it looks. So the question is repeated for that
-/// long, for all partitions at once.
+/// for those partitions (KIP-447) until the transaction coordinator aborts it: after its
+/// `transaction.timeout.ms`, plus up to 10 s until the coordinator looks. So the question is
+/// repeated for that long (at least librdkafka's default of 60 s, plus 20 s), for all
+/// partitions at once.
 fn group_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     config: &Config,
@@ -826,8 +827,9 @@ fn group_offsets<C: ConsumerContext>(
             wanted.add_partition(topic, *partition);
         }
     }
-    let patience = Duration::from_millis(config.transaction_timeout_ms()) + Duration::from_secs(20);
-    let deadline = Instant::now() + patience.max(CLIENT_TIMEOUT);
+    // A member configured apart may have librdkafka's default time-out (60 s) rather than ours.
+    let timeout = Duration::from_millis(config.transaction_timeout_ms()).max(Duration::from_secs(60));
+    let deadline = Instant::now() + timeout + Duration::from_secs(20);
     let committed = loop {
         match consumer.committed_offsets(wanted.clone(), CLIENT_TIMEOUT) {
             Ok(committed) => break committed,
