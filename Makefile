@@ -10,6 +10,8 @@ BROKERS ?=
 BROKER ?= kafka
 # Events per second of the demo stream.
 RATE ?= 20
+# Arguments of the end-to-end benchmark (`crmflow-bench --help`), e.g. BENCH_ARGS="--events 50000".
+BENCH_ARGS ?=
 
 .PHONY: all deps build lint unit test run simulate bench fmt
 
@@ -40,8 +42,13 @@ simulate: deps
 	cargo build -p crmflow
 	$(CRMFLOW) simulate --input tests/scenarios/seed-walkthrough/input.jsonl
 
+# The pure core (criterion), then end to end on Apache Kafka next to an rdkafka pass-through
+# (crates/bench; optimized: the debug build runs RocksDB's C++ at -O0). The report is also
+# written to $(CARGO_TARGET_DIR)/crmflow-bench.md.
 bench: deps
 	cargo bench -p crmflow-demo --bench pipeline
+	cargo build --release -p crmflow -p crmflow-bench
+	$(if $(BROKERS),BROKERS=$(BROKERS)) $(CARGO_TARGET_DIR)/release/crmflow-bench --output $(CARGO_TARGET_DIR)/crmflow-bench.md $(BENCH_ARGS)
 
 fmt:
 	cargo fmt --all

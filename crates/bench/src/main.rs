@@ -87,7 +87,8 @@ enum Part {
 #[derive(Debug, Parser)]
 #[command(name = "crmflow-bench", about = "End-to-end benchmarks of crmflow on Apache Kafka")]
 struct Cli {
-    /// Existing Kafka cluster; without it a local broker is started with deploy/kafka/kafka.sh.
+    /// Existing Kafka cluster; without it (or empty) a local broker is started with
+    /// deploy/kafka/kafka.sh.
     #[arg(long, env = "BROKERS")]
     brokers: Option<String>,
     /// Events in the throughput backlog.
@@ -164,7 +165,7 @@ fn main() -> Result<()> {
     let work = work.canonicalize()?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
 
-    let broker = match &cli.brokers {
+    let broker = match cli.brokers.as_deref().filter(|b| !b.trim().is_empty()) {
         Some(address) => Broker::existing(address),
         None => {
             eprintln!("starting Apache Kafka (deploy/kafka/kafka.sh start)…");
@@ -377,7 +378,7 @@ fn context(cli: &Cli, repo: &Path, broker: &Broker) -> Vec<String> {
             Some(pom[start..end].to_owned())
         })
         .unwrap_or_else(|| "?".into());
-    let broker_kind = if cli.brokers.is_some() {
+    let broker_kind = if cli.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()) {
         format!("the cluster at {}", broker.address)
     } else {
         format!("one local Apache Kafka {kafka} broker (deploy/kafka/kafka.sh, KRaft, 1 replica)")

@@ -229,3 +229,22 @@ pub fn latency(observed: &[Observed], from_ms: i64, until_ms: i64) -> Option<Lat
     let at = |q: f64| ages[((ages.len() - 1) as f64 * q).round() as usize];
     Some(Latency { count: ages.len(), p50: at(0.50), p99: at(0.99), max: ages[ages.len() - 1] })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(timestamp: i64, age: i64) -> Observed {
+        Observed { partition: 0, timestamp, read_ms: timestamp + age }
+    }
+
+    #[test]
+    fn latency_counts_only_inputs_produced_in_the_window() {
+        let mut observed: Vec<Observed> = (0..100).map(|i| seen(1_000 + i, i + 1)).collect();
+        observed.push(seen(10, 5_000)); // produced before the window: start-up, left out
+        observed.push(seen(5_000, 5_000)); // produced after it
+        let l = latency(&observed, 1_000, 2_000).unwrap();
+        assert_eq!((l.count, l.p50, l.p99, l.max), (100, 51, 99, 100));
+        assert!(latency(&observed, 3_000, 4_000).is_none());
+    }
+}
