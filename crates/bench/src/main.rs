@@ -16,6 +16,8 @@
 //!   end-to-end latency. The first seconds (start-up, setup events) are left out.
 //! - **Failover**: two instances share the partitions; one is SIGKILLed; the time until the
 //!   survivor processes records produced after the kill on each of the dead one's partitions.
+//! - **Restore**: a changelog partition of 1M state entries restored into an empty store, next to
+//!   a plain consumer reading the same partition to its end.
 //!
 //! Nothing here asserts a figure: targets are printed next to the measurements.
 #![deny(missing_docs)]
@@ -27,6 +29,7 @@ mod measure;
 mod passthrough;
 mod processor;
 mod report;
+mod restore;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -82,6 +85,7 @@ enum Part {
     Throughput,
     Latency,
     Failover,
+    Restore,
 }
 
 #[derive(Debug, Parser)]
@@ -136,8 +140,11 @@ struct Cli {
     /// Seed of the demo stream.
     #[arg(long, default_value_t = 2024)]
     seed: u64,
+    /// State entries in the restore run's changelog.
+    #[arg(long, default_value_t = 1_000_000)]
+    restore_entries: u64,
     /// Parts to run (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Failover])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Failover, Part::Restore])]
     only: Vec<Part>,
     /// The crmflow binary (default: `crmflow` next to this one).
     #[arg(long)]
@@ -274,6 +281,13 @@ fn main() -> Result<()> {
             eprintln!("  {failover:?}");
             report.failover.push(FailoverRow { guarantee, session_timeout_ms: cli.session_timeout_ms, failover });
         }
+    }
+
+    if cli.only.contains(&Part::Restore) {
+        eprintln!("restore: writing a changelog of {} entries…", cli.restore_entries);
+        let rate = restore::run(&broker, &format!("{run_id}-restore-changelog"), cli.restore_entries, &work)?;
+        eprintln!("  plain {:.0}/s, restore {:.0}/s", rate.plain_rate(), rate.restore_rate());
+        report.restore = Some(rate);
     }
 
     let markdown = report.markdown();

@@ -56,6 +56,8 @@ pub struct Report {
     pub latency: Vec<LatencyRow>,
     /// Failover rows.
     pub failover: Vec<FailoverRow>,
+    /// The restore run.
+    pub restore: Option<crate::restore::RestoreRate>,
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -154,6 +156,21 @@ impl Report {
                     secs(f.output.values().min().copied()),
                 );
             }
+        }
+        if let Some(r) = &self.restore {
+            let _ = writeln!(out, "\n### Restore (one changelog partition into an empty store)\n");
+            let _ = writeln!(out, "| entries | plain consumer | crmflow restore | restore / plain (target ≥ 0.8) |");
+            let _ = writeln!(out, "| ---: | ---: | ---: | ---: |");
+            let _ = writeln!(
+                out,
+                "| {} | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2} |",
+                r.entries,
+                r.plain_rate(),
+                r.plain.as_secs_f64(),
+                r.restore_rate(),
+                r.restore.as_secs_f64(),
+                r.restore_rate() / r.plain_rate()
+            );
         }
         out
     }
