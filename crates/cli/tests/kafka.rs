@@ -317,8 +317,10 @@ fn an_oversized_bad_record_becomes_a_small_dead_letter() {
     assert!(dead.headers["crmflow.value.dropped"].starts_with("2097152 bytes"), "{:?}", dead.headers);
 }
 
-/// Two replicas configured with the same `instance_id` share a transactional id: the one fenced
-/// stops with a message that says so and what to change.
+/// Two replicas configured with the same `instance_id` share a transactional id. A fenced
+/// instance starts again once (a stalled instance whose transaction timed out recovers so), which
+/// fences the other in turn; the first one fenced a second time within a minute stops with a
+/// message that says so and what to change.
 #[test]
 fn replicas_sharing_an_instance_id_are_told_so() {
     let broker = kafka();
@@ -332,27 +334,70 @@ fn replicas_sharing_an_instance_id_are_told_so() {
     wait_until_processed(broker, &topics, "same-instance", &mut first, Duration::from_secs(60));
     let mut second =
         Processor::start(broker, &topics, &state.path().join("second"), "same-instance", Guarantee::ExactlyOnce, &env);
-    // Traffic for both partitions after the second took over the transactional id: the first
-    // meets the fence at its next transaction.
-    std::thread::sleep(Duration::from_secs(3));
+    // Steady traffic for both partitions: each meets the fence at its next transaction.
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo.jsonl");
     let generated = std::process::Command::new(CRMFLOW)
-        .args(["generate", "--count", "300", "--companies", "8", "--output"])
+        .args(["generate", "--count", "3000", "--companies", "8", "--output"])
         .arg(&demo)
         .status()
         .unwrap();
     assert!(generated.success());
-    produce_lines(broker, &topics, &read_lines(&demo));
+    let lines = read_lines(&demo);
+    let publisher = {
+        let (address, topics) = (broker.address.clone(), topics.clone());
+        std::thread::spawn(move || {
+            let sent = Default::default();
+            produce_paced(&address, &topics, &lines, crmflow_codec::Encoding::Json, Duration::from_secs(50), &sent)
+        })
+    };
     let started = std::time::Instant::now();
-    let status = loop {
+    let (status, logs) = loop {
         if let Some(status) = first.exited() {
-            break status;
+            break (status, first.logs());
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the fenced replica kept running:\n{}", first.logs());
+        if let Some(status) = second.exited() {
+            break (status, second.logs());
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "both replicas kept running:\n{}", first.logs());
         std::thread::sleep(Duration::from_millis(100));
     };
+    first.stop();
     second.stop();
+    publisher.join().unwrap();
     assert!(!status.success());
-    assert!(first.logs().contains("another crmflow instance with the same instance_id"), "{}", first.logs());
+    assert!(logs.contains("closing the partitions and starting again"), "{logs}");
+    assert!(logs.contains("another crmflow instance with the same instance_id"), "{logs}");
+}
+
+/// A producer fenced once (here by a client that takes over its transactional id and goes away)
+/// closes its partitions, starts transactions again and goes on: nothing is lost or published
+/// twice.
+#[test]
+fn a_producer_fenced_once_starts_again_and_goes_on() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let broker = kafka();
+    let name = "fenced-once";
+    let topics = Topics::create(broker, name, 2);
+    let (input, expected) = scenario("seed-walkthrough");
+    let state = tempfile::tempdir().unwrap();
+    let env = [("CRMFLOW_INSTANCE_ID", "fence-me")];
+    let mut processor =
+        Processor::start(broker, &topics, &state.path().join("state"), name, Guarantee::ExactlyOnce, &env);
+    produce_lines(broker, &topics, &input[..4]);
+    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
+    let usurper: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("transactional.id", format!("{name}.fence-me"))
+        .create()
+        .unwrap();
+    usurper.init_transactions(Duration::from_secs(30)).unwrap();
+    drop(usurper);
+    produce_lines(broker, &topics, &input[4..]);
+    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
+    assert!(processor.exited().is_none(), "{}", processor.logs());
+    assert!(processor.stop().success(), "{}", processor.logs());
+    let logs = processor.logs();
+    assert!(logs.contains("closing the partitions and starting again"), "{logs}");
+    compare(&expected, &read_outputs(broker, &topics), Duplicates::Fail).unwrap_or_else(|d| panic!("{d}\n{logs}"));
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -61,6 +61,8 @@ pub struct Engine {
     in_transaction: bool,
     commits: u64,
     aborts: u64,
+    // Times this instance's producer was fenced and replaced.
+    fences: u64,
     // Input records deleted by retention before they were processed.
     expired: u64,
     // A failure inside a callback, surfaced by the loop.
@@ -120,6 +122,7 @@ impl Engine {
             in_transaction: false,
             commits: 0,
             aborts: 0,
+            fences: 0,
             expired: 0,
             failure: None,
         }
@@ -437,6 +440,39 @@ impl Engine {
         }
         self.sent.clear();
         self.aborts += 1;
+        self.rewind(consumer, refused)
+    }
+
+    /// After this instance's producer was fenced (fatal for that producer): closes the tasks
+    /// without committing (the broker aborts the fenced transaction), starts transactions again
+    /// with a new producer, and reopens every partition from its store. The caller stops instead
+    /// when it happens again soon: then another live instance shares the transactional id.
+    pub fn rejoin_after_fence<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        self.outputs.clear();
+        self.in_transaction = false;
+        self.sent.clear();
+        let producer: ThreadedProducer<DeliveryTracker> = self
+            .config
+            .producer_config()
+            .create_with_context(DeliveryTracker::new(self.changelog.topic.clone()))
+            .map_err(|e| RunError::kafka("creating a new producer after being fenced", e))?;
+        producer
+            .init_transactions(CLIENT_TIMEOUT)
+            .map_err(|e| RunError::kafka("starting transactions again after being fenced", e))?;
+        // What the fenced producer still holds can never be delivered.
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer = producer;
+        self.fences += 1;
+        self.rewind(consumer, BTreeMap::new())
+    }
+
+    /// Reopens every partition from its store, dropping what was processed since its last
+    /// RocksDB batch, and sets aside the records whose outputs the broker `refused`.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mut refused: BTreeMap<i32, Vec<(Origin, RDKafkaErrorCode)>>,
+    ) -> Result<(), RunError> {
         for (partition, task) in std::mem::take(&mut self.tasks) {
             let (store, rejected) = task.into_store();
             self.reopen(consumer, partition, store, Vec::new(), None)?;
@@ -633,11 +669,21 @@ impl Engine {
     }
 
     /// A failed send. Inside a transaction that already failed (a delivery refused, say), the
-    /// producer refuses every send with a state error: the transaction must be aborted.
+    /// producer refuses every send with a state error: the transaction must be aborted. A fenced
+    /// producer refuses every send with a fatal error.
     fn produce_error(&self, context: String, error: KafkaError) -> RunError {
         match error {
             KafkaError::MessageProduction(RDKafkaErrorCode::State) if self.in_transaction => {
                 RunError::TransactionAborted { context, source: error }
+            }
+            // The producer hit a fatal error: being fenced is the one crmflow recovers from.
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)
+                if matches!(
+                    self.producer.client().fatal_error(),
+                    Some((RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced, _))
+                ) =>
+            {
+                RunError::Fenced(self.config.transactional_id())
             }
             error => RunError::kafka(context, error),
         }
@@ -739,6 +785,7 @@ impl Engine {
             lag,
             commits: self.commits,
             aborts: self.aborts,
+            fences: self.fences,
             expired: self.expired,
             restoring: self.restoring.len(),
             restored: self.restored_records.load(Ordering::Relaxed),

@@ -26,6 +26,8 @@ pub struct Counters {
     pub aborts: u64,
     /// Input records deleted by retention before they were processed.
     pub expired: u64,
+    /// Times the producer was fenced and replaced.
+    pub fences: u64,
     /// Partitions whose stores are restoring from their changelog now.
     pub restoring: usize,
     /// Changelog records restored since start.
@@ -88,6 +90,7 @@ impl Counters {
         metric("commits_total", "", self.commits as i64);
         metric("aborted_transactions_total", "", self.aborts as i64);
         metric("expired_input_records_total", "", self.expired as i64);
+        metric("producer_fenced_total", "", self.fences as i64);
         metric("restoring_partitions", "", self.restoring as i64);
         metric("restored_records_total", "", self.restored as i64);
         out

@@ -23,6 +23,9 @@ use crate::shutdown::Shutdown;
 /// Records admitted per poll round before the merges release what they can.
 const POLL_BATCH: usize = 500;
 
+/// A second fence within this long means another live instance shares the transactional id.
+const FENCED_AGAIN_WITHIN: Duration = Duration::from_secs(60);
+
 /// What the loop reports to its caller every `report_every`.
 pub trait Observer {
     /// Called with the counters since start and the sample lines since the last call.
@@ -108,6 +111,7 @@ fn process_until_stopped(
     let commit_every = Duration::from_millis(lock(engine).config().commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_fence: Option<Instant> = None;
     while !shutdown.is_requested() {
         let wait = lock(engine).next_deadline().map_or(50, |d| (d - now_ms()).clamp(0, 50));
         let mut timeout = Duration::from_millis(wait as u64);
@@ -136,6 +140,14 @@ fn process_until_stopped(
             Err(e @ (RunError::TransactionAborted { .. } | RunError::OutputsRefused(_))) => {
                 tracing::warn!("{e}; rewinding to the last commit and going on");
                 engine.abort_and_rewind(consumer)?;
+            }
+            // Fenced once: a stalled instance whose transaction timed out, or a newer instance
+            // with the same id that is gone again. Fenced again soon: two live instances share
+            // the id, and taking it back would fence the other in turn; stop and say so.
+            Err(RunError::Fenced(id)) if last_fence.is_none_or(|at: Instant| at.elapsed() > FENCED_AGAIN_WITHIN) => {
+                tracing::warn!("fenced: a newer producer took over `{id}`; closing the partitions and starting again");
+                last_fence = Some(Instant::now());
+                engine.rejoin_after_fence(consumer)?;
             }
             Err(e) => return Err(e),
         }
