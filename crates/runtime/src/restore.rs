@@ -35,6 +35,9 @@ use crate::config::Config;
 /// Records restored between two marks of progress in the store.
 pub const CHECKPOINT_EVERY: u64 = 10_000;
 
+/// Records written to the store in one RocksDB batch (at most; fewer when the fetch runs dry).
+const RESTORE_BATCH: usize = 1_000;
+
 /// How long a restore may go without progress before it gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(120);
 
@@ -107,15 +110,17 @@ pub enum RestoreError {
         /// The client's error.
         source: KafkaError,
     },
-    /// A changelog record could not be applied.
-    #[error("restoring partition {partition} from `{topic}` at offset {offset}: {source}")]
+    /// A batch of changelog records could not be applied.
+    #[error("restoring partition {partition} from `{topic}` at offsets {offset}..={last}: {source}")]
     Record {
         /// The changelog topic.
         topic: String,
         /// Its partition.
         partition: i32,
-        /// The record's offset.
+        /// The batch's first offset.
         offset: i64,
+        /// The batch's last offset.
+        last: i64,
         /// The store's error.
         source: Box<StoreError>,
     },
@@ -263,27 +268,35 @@ fn restore(
             mark(&mut store, position, true)?;
             return Ok(Restored { store, next: position, complete: false });
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let key = m.key().unwrap_or_default();
-                store.restore(key, m.payload()).map_err(|source| RestoreError::Record {
-                    topic: topic.clone(),
-                    partition,
-                    offset: m.offset(),
-                    source: Box::new(source),
-                })?;
-                position = m.offset() + 1;
-                restored.fetch_add(1, Ordering::Relaxed);
-                unmarked += 1;
-                if unmarked >= CHECKPOINT_EVERY {
-                    mark(&mut store, position, false)?;
-                    unmarked = 0;
+        // Up to RESTORE_BATCH records at a time, written as one RocksDB batch.
+        let mut batch = Vec::new();
+        let mut wait = Duration::from_millis(100);
+        while batch.len() < RESTORE_BATCH {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    tracing::warn!(partition, "restore consumer: {e}");
+                    break;
                 }
-                last_progress = Instant::now();
+                None => break,
             }
-            Some(Err(e)) => tracing::warn!(partition, "restore consumer: {e}"),
-            None => {}
+            wait = Duration::ZERO;
         }
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            let (first, last) = (first.offset(), last.offset());
+            store.restore_all(batch.iter().map(|m| (m.key().unwrap_or_default(), m.payload()))).map_err(|source| {
+                RestoreError::Record { topic: topic.clone(), partition, offset: first, last, source: Box::new(source) }
+            })?;
+            position = last + 1;
+            restored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            unmarked += batch.len() as u64;
+            if unmarked >= CHECKPOINT_EVERY {
+                mark(&mut store, position, false)?;
+                unmarked = 0;
+            }
+            last_progress = Instant::now();
+        }
+        drop(batch);
         // The position also moves past transaction markers, which poll never returns.
         if let Some(next) = consumer_position(consumer, topic, partition).filter(|next| *next > position) {
             position = next;

@@ -112,6 +112,14 @@ pub enum StoreError {
         /// Why.
         source: rocksdb::Error,
     },
+    /// Writing a batch of restored changelog records failed.
+    #[error("cannot write restored changelog records into state store at {}: {source}", path.display())]
+    RestoreBatch {
+        /// The store's directory.
+        path: PathBuf,
+        /// Why.
+        source: rocksdb::Error,
+    },
     /// A changelog record names a column family this store does not have.
     #[error("changelog record for unknown column family `{family}` (key `{key}`) in state store at {}", path.display())]
     UnknownFamily {

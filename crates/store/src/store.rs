@@ -235,6 +235,42 @@ impl StateStore {
     /// order, so after a crash the store holds a prefix of what was restored, and
     /// [`StateStore::restored_until`] marks how far that prefix goes.
     pub fn restore(&mut self, record_key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        self.restore_all([(record_key, value)])
+    }
+
+    /// Applies changelog records read back from Kafka, in order, as one RocksDB batch (a restore
+    /// applies many), checking each as [`StateStore::restore`] does; nothing of the batch is
+    /// written if one record is refused. Not synced, like [`StateStore::restore`].
+    pub fn restore_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut integrations = Vec::new();
+        for (record_key, value) in records {
+            let (family, key) = self.restored_key(record_key)?;
+            if let Some(value) = value {
+                self.check_value(family, key, value)?;
+            }
+            let cf = self.cf(family)?;
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+            if family == Family::Integrations {
+                integrations.push(key.to_vec());
+            }
+        }
+        self.db.write(batch).map_err(|source| StoreError::RestoreBatch { path: self.path.clone(), source })?;
+        let cache = self.cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for key in integrations {
+            cache.invalidate(&key);
+        }
+        Ok(())
+    }
+
+    /// The family and store key of a changelog record key, refusing what is no store write.
+    fn restored_key<'k>(&self, record_key: &'k [u8]) -> Result<(Family, &'k [u8]), StoreError> {
         let unknown = |family: &[u8]| StoreError::UnknownFamily {
             path: self.path.clone(),
             family: String::from_utf8_lossy(family).into_owned(),
@@ -246,7 +282,7 @@ impl StateStore {
             // Local bookkeeping never belongs in a changelog.
             return Err(unknown(record_key));
         }
-        self.restore_write(family, key, value)
+        Ok((family, key))
     }
 
     /// Records that the store reflects its changelog up to `next` (exclusive), so an
@@ -271,28 +307,6 @@ impl StateStore {
         drop(self.db);
         std::fs::remove_dir_all(&path).map_err(|source| StoreError::Destroy { path: path.clone(), source })?;
         Ok(path)
-    }
-
-    fn restore_write(&mut self, family: Family, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
-        if let Some(value) = value {
-            // Refuse a corrupted record now rather than fail on it in some later decision.
-            self.check_value(family, key, value)?;
-        }
-        let cf = self.cf(family)?;
-        let result = match value {
-            Some(value) => self.db.put_cf(cf, key, value),
-            None => self.db.delete_cf(cf, key),
-        };
-        result.map_err(|source| StoreError::Restore {
-            path: self.path.clone(),
-            family: family.name(),
-            key: display_key(key),
-            source,
-        })?;
-        if family == Family::Integrations {
-            self.cache.get_mut().unwrap_or_else(PoisonError::into_inner).invalidate(key);
-        }
-        Ok(())
     }
 
     fn stage_one(&mut self, change: &StateChange, undo: &mut Vec<Undo>) -> Result<(), StoreError> {

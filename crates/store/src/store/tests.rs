@@ -512,3 +512,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_restore_batch_is_written_whole_or_not_at_all() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let good: (&[u8], Option<&[u8]>) = (b"teams\0acme\0u1", Some(b"\"ny\""));
+    let bad: (&[u8], Option<&[u8]>) = (b"ledger\0acme\0a1", Some(b"not json"));
+    let error = store.restore_all([good, bad]).expect_err("a corrupted record");
+    assert!(matches!(error, StoreError::Decode { family: "ledger", .. }), "{error}");
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None, "nothing of the batch was written");
+    store.restore_all([good, (b"teams\0acme\0u2", None)]).expect("restores");
+    assert_eq!(store.team_of("acme", "u1").expect("reads").as_deref(), Some("ny"));
+}
