@@ -516,46 +516,7 @@ pub fn wait_until_processed(
     processor: &mut Processor,
     timeout: Duration,
 ) {
-    let consumer = reader(&broker.address, group);
-    let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
-    let ends = end_offsets(&consumer, &inputs, topics.partitions);
-    let mut wanted = TopicPartitionList::new();
-    for (topic, partition) in ends.keys() {
-        wanted.add_partition(topic, *partition);
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = processor.exited() {
-            panic!("crmflow run exited with {status} before processing everything:\n{}", processor.logs());
-        }
-        // The group coordinator may move or load meanwhile: ask again.
-        let Ok(committed) = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) else {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        };
-        let behind: Vec<String> = committed
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                let end = ends[&(e.topic().to_owned(), e.partition())];
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                (at < end).then(|| format!("{} [{}] at {at} of {end}", e.topic(), e.partition()))
-            })
-            .collect();
-        if behind.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not processed within {timeout:?}: {}\n{}",
-            behind.join(", "),
-            processor.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_processed_by(broker, topics, group, &mut [processor], timeout);
 }
 
 /// An output record as consumed.
