@@ -140,6 +140,10 @@ pub struct PartitionTask {
     processed_until: i64,
     // Input records whose outputs the broker refused for good, with why: dead letters now.
     rejected: BTreeMap<(String, i64), RDKafkaErrorCode>,
+    // The store's offsets where the group's are behind them (at_least_once: a crash between the
+    // RocksDB batch and the offset commit). Records below them are already applied and never
+    // processed again, so without these the group's offsets would stay behind for good.
+    ahead_of_group: BTreeMap<String, i64>,
 }
 
 impl PartitionTask {
@@ -160,7 +164,13 @@ impl PartitionTask {
             .map(|p| (p.topic, p.next_offset))
             .collect();
         let plan = ResumePlan::new(topics, &stored, group_offsets);
+        let ahead_of_group = stored
+            .iter()
+            .filter(|(topic, next)| group_offsets.get(*topic).is_none_or(|group| group < *next))
+            .map(|(topic, next)| (topic.clone(), *next))
+            .collect();
         Ok(PartitionTask {
+            ahead_of_group,
             partition,
             store,
             merger: Merger::new(max_wait_ms),
@@ -304,19 +314,25 @@ impl PartitionTask {
 
     /// The consumer offsets to commit for the work processed since the last RocksDB batch;
     /// never below the offsets the group already has (see [`ResumePlan::consumer_offset`]).
+    /// The store's offsets ahead of the group's count too, until committed once.
     pub fn consumer_offsets(&self) -> Vec<InputPosition> {
-        self.processed
-            .iter()
+        let mut next: BTreeMap<&str, i64> = self.ahead_of_group.iter().map(|(t, o)| (t.as_str(), *o)).collect();
+        for (topic, offset) in &self.processed {
+            let entry = next.entry(topic.as_str()).or_insert(*offset);
+            *entry = (*entry).max(*offset);
+        }
+        next.into_iter()
             .filter_map(|(topic, next)| {
-                let next_offset = self.plan.consumer_offset(topic, *next)?;
-                Some(InputPosition { topic: topic.clone(), partition: self.partition, next_offset })
+                let next_offset = self.plan.consumer_offset(topic, next)?;
+                Some(InputPosition { topic: topic.to_owned(), partition: self.partition, next_offset })
             })
             .collect()
     }
 
-    /// Whether anything was processed since the last RocksDB batch.
+    /// Whether anything was processed since the last RocksDB batch, or the group's offsets are
+    /// behind the store's.
     pub fn has_processed(&self) -> bool {
-        !self.processed.is_empty()
+        !self.processed.is_empty() || !self.ahead_of_group.is_empty()
     }
 
     /// Gives back the store, without what was staged since the last RocksDB batch, and the
@@ -351,6 +367,9 @@ impl PartitionTask {
     /// Writes the staged state with the processed positions, and the changelog offset they were
     /// published up to (`None`: unchanged), as one RocksDB batch, once the outputs are durable.
     pub fn write_batch(&mut self, changelog_next: Option<i64>) -> Result<(), ProcessError> {
+        // Called once the consumer offsets of this round are committed or about to be (they
+        // were read before): the group has caught up with the store.
+        self.ahead_of_group.clear();
         if self.processed.is_empty() && changelog_next.is_none() {
             return Ok(());
         }
@@ -467,6 +486,18 @@ mod tests {
         assert!(task.consumer_offsets().is_empty(), "committing 3 would publish 3 and 4 again after a crash");
         task.write_batch(None).unwrap();
         assert_eq!(task.stored.get("crm.changes"), Some(&3));
+    }
+
+    #[test]
+    fn a_store_ahead_of_the_group_brings_the_group_up_to_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task(dir.path(), Some(10), &[("crm.changes", 7)]);
+        assert_eq!(task.admit(InputStream::CrmChanges, record(8), 0), Admission::AlreadyApplied);
+        assert!(task.has_processed(), "the group must catch up, though nothing is processed");
+        assert_eq!(task.consumer_offsets()[0].next_offset, 10);
+        task.write_batch(None).unwrap();
+        assert!(!task.has_processed());
+        assert!(task.consumer_offsets().is_empty());
     }
 
     #[test]
