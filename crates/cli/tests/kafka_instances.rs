@@ -31,17 +31,7 @@ type Generated = (Vec<Vec<u8>>, Vec<Envelope>);
 fn generated() -> &'static Generated {
     static GENERATED: OnceLock<Generated> = OnceLock::new();
     GENERATED.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("input.jsonl");
-        let status = std::process::Command::new(CRMFLOW)
-            .args(["generate", "--count", &EVENTS.to_string(), "--companies", "20", "--users", "30"])
-            .args(["--bad-ratio", "0.02", "--output"])
-            .arg(&file)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let lines = read_lines(&file);
-        let expected = simulate(&lines);
+        let (lines, expected) = generate(EVENTS);
         let dead = expected.iter().filter(|e| e.topic == "crmflow.dlq").count();
         assert!(lines.len() > EVENTS && dead > EVENTS / 100, "{} lines, {dead} dead letters", lines.len());
         (lines, expected)

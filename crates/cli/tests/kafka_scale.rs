@@ -24,20 +24,7 @@ const LIVE_FOR: Duration = Duration::from_secs(40);
 /// The generated records and what simulate makes of them, made once per test binary.
 fn generated() -> &'static (Vec<Vec<u8>>, Vec<Envelope>) {
     static GENERATED: OnceLock<(Vec<Vec<u8>>, Vec<Envelope>)> = OnceLock::new();
-    GENERATED.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("input.jsonl");
-        let status = std::process::Command::new(CRMFLOW)
-            .args(["generate", "--count", &EVENTS.to_string(), "--companies", "20", "--users", "30"])
-            .args(["--bad-ratio", "0.02", "--output"])
-            .arg(&file)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let lines = read_lines(&file);
-        let expected = simulate(&lines);
-        (lines, expected)
-    })
+    GENERATED.get_or_init(|| generate(EVENTS))
 }
 
 #[derive(Debug, Clone, Copy)]

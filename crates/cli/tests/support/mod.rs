@@ -405,6 +405,23 @@ impl Drop for Processor {
     }
 }
 
+/// `events` generated events of 20 companies with 2% malformed records (`crmflow generate
+/// --bad-ratio 0.02`), and what `crmflow simulate` makes of them.
+pub fn generate(events: usize) -> (Vec<Vec<u8>>, Vec<Envelope>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.jsonl");
+    let status = Command::new(CRMFLOW)
+        .args(["generate", "--count", &events.to_string(), "--companies", "20", "--users", "30"])
+        .args(["--bad-ratio", "0.02", "--output"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = read_lines(&file);
+    let expected = simulate(&lines);
+    (lines, expected)
+}
+
 /// Reads the lines of a simulate/scenario file as bytes (a bad line need not be UTF-8).
 pub fn read_lines(path: &Path) -> Vec<Vec<u8>> {
     fs::read(path)
