@@ -94,6 +94,40 @@ pub(crate) fn key(parts: &[&str]) -> Vec<u8> {
     key
 }
 
+/// The prefix every key of these leading ids starts with (company first): the joined ids and a
+/// separator. A key under it may still belong to a longer id that merely starts with a NUL
+/// (escaped as `00 FF`); [`has_prefix`] tells them apart.
+pub(crate) fn prefix(parts: &[&str]) -> Vec<u8> {
+    let mut prefix = key(parts);
+    prefix.push(SEPARATOR);
+    prefix
+}
+
+/// Whether `key` lies under `prefix` (from [`prefix`]): it starts with it, and the separator that
+/// ends the prefix is not an escaped NUL of a longer id (0xFF never starts a UTF-8 id).
+pub(crate) fn has_prefix(key: &[u8], prefix: &[u8]) -> bool {
+    key.starts_with(prefix) && key.get(prefix.len()) != Some(&ESCAPED_NUL)
+}
+
+/// The ids a key joins, unescaped; `None` if the bytes are not a key [`key`] wrote.
+pub(crate) fn parts(key: &[u8]) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = key.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        if byte != SEPARATOR {
+            part.push(byte);
+        } else if bytes.peek() == Some(&ESCAPED_NUL) {
+            bytes.next();
+            part.push(SEPARATOR);
+        } else {
+            parts.push(String::from_utf8(std::mem::take(&mut part)).ok()?);
+        }
+    }
+    parts.push(String::from_utf8(part).ok()?);
+    Some(parts)
+}
+
 /// Key of a `seen_order` entry: big-endian, so RocksDB orders entries oldest first.
 pub(crate) fn sequence_key(sequence: u64) -> [u8; 8] {
     sequence.to_be_bytes()
@@ -166,6 +200,14 @@ mod tests {
         assert_eq!(display_key(b"acme\0sf"), "acme\\x00sf");
     }
 
+    #[test]
+    fn a_prefix_excludes_longer_ids_that_start_with_nul() {
+        let acme = prefix(&["acme"]);
+        assert!(has_prefix(&key(&["acme", "sf"]), &acme));
+        assert!(!has_prefix(&key(&["acme\0x", "sf"]), &acme), "company `acme\\0x` is not `acme`");
+        assert!(!has_prefix(&key(&["acmex", "sf"]), &acme));
+    }
+
     proptest! {
         #[test]
         fn keys_are_injective(a in prop::collection::vec("[a\\x00]{0,3}", 1..4),
@@ -173,6 +215,17 @@ mod tests {
             let ka: Vec<&str> = a.iter().map(String::as_str).collect();
             let kb: Vec<&str> = b.iter().map(String::as_str).collect();
             prop_assert_eq!(key(&ka) == key(&kb), a == b);
+        }
+
+        #[test]
+        fn keys_split_back_into_their_ids(a in prop::collection::vec("[a\\x00]{0,3}", 1..4)) {
+            let ids: Vec<&str> = a.iter().map(String::as_str).collect();
+            prop_assert_eq!(parts(&key(&ids)), Some(a.clone()));
+        }
+
+        #[test]
+        fn a_prefix_holds_exactly_the_keys_of_its_ids(a in "[a\\x00]{0,3}", b in "[a\\x00]{0,3}", rest in "[a\\x00]{0,3}") {
+            prop_assert_eq!(has_prefix(&key(&[&b, &rest]), &prefix(&[&a])), a == b);
         }
 
         // The core compares stored values with new ones to tell a revision from a

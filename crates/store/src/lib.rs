@@ -62,4 +62,4 @@ mod store;
 
 pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
-pub use store::{InputPosition, StateStore, StoreOptions};
+pub use store::{InputPosition, ProvisionedUser, StateStore, StoreOptions};

@@ -544,5 +544,9 @@ impl IntegrationCache {
     }
 }
 
+mod queries;
+
+pub use queries::ProvisionedUser;
+
 #[cfg(test)]
 mod tests;

@@ -525,3 +525,112 @@ fn a_restore_batch_is_written_whole_or_not_at_all() {
     store.restore_all([good, (b"teams\0acme\0u2", None)]).expect("restores");
     assert_eq!(store.team_of("acme", "u1").expect("reads").as_deref(), Some("ny"));
 }
+
+/// Companies whose ids are prefixes of one another, with and without a NUL after the prefix.
+const TENANTS: [&str; 4] = ["c", "c\0", "c\0x", "cx"];
+
+fn tenant_change() -> impl Strategy<Value = StateChange> {
+    let tenant = || prop::sample::select(&TENANTS[..]).prop_map(str::to_owned);
+    let entry = (id(), 0i64..1_000).prop_map(|(user_id, millis)| LedgerEntry {
+        user_id,
+        crm_user_id: "crm".into(),
+        team_id: "t".into(),
+        activity_type: "Sale".into(),
+        value: None,
+        occurred_at: Timestamp(millis),
+    });
+    prop_oneof![
+        (tenant(), id(), id(), id()).prop_map(|(company_id, integration_id, crm_user_id, user_id)| {
+            StateChange::PutAccount { company_id, integration_id, crm_user_id, account: Account { user_id } }
+        }),
+        (tenant(), id(), id()).prop_map(|(company_id, user_id, team_id)| put_team(&company_id, &user_id, &team_id)),
+        (tenant(), id(), entry).prop_map(|(company_id, activity_id, entry)| StateChange::PutLedger {
+            company_id,
+            activity_id,
+            entry
+        }),
+    ]
+}
+
+proptest! {
+    /// Tenant isolation: whatever companies hold, a query for one company answers from its own
+    /// writes only, even when another company's id starts with this one's followed by a NUL.
+    #[test]
+    fn queries_answer_from_one_company_only(changes in prop::collection::vec(tenant_change(), 1..30)) {
+        let dir = TempDir::new().expect("temp dir");
+        let mut store = open(&dir);
+        store.stage(&changes).expect("stages");
+        store.commit(&[], None).expect("commits");
+        let mut accounts = BTreeMap::new();
+        let mut teams = BTreeMap::new();
+        let mut ledger = BTreeMap::new();
+        for change in &changes {
+            match change.clone() {
+                StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
+                    accounts.insert((company_id, integration_id, crm_user_id), account.user_id);
+                }
+                StateChange::PutTeam { company_id, user_id, team_id } => {
+                    teams.insert((company_id, user_id), team_id);
+                }
+                StateChange::PutLedger { company_id, activity_id, entry } => {
+                    ledger.insert((company_id, activity_id), entry);
+                }
+                other => unreachable!("not generated: {other:?}"),
+            }
+        }
+        for company in TENANTS {
+            let holds = accounts.keys().any(|(c, _, _)| c == company)
+                || teams.keys().any(|(c, _)| c == company)
+                || ledger.keys().any(|(c, _)| c == company);
+            prop_assert_eq!(store.holds_company(company).expect("reads"), holds, "holds_company({:?})", company);
+            for integration in IDS {
+                let expected: Vec<ProvisionedUser> = accounts
+                    .iter()
+                    .filter(|((c, i, _), _)| c == company && i == integration)
+                    .map(|((c, _, crm_user_id), user_id)| ProvisionedUser {
+                        crm_user_id: crm_user_id.clone(),
+                        user_id: user_id.clone(),
+                        team_id: teams.get(&(c.clone(), user_id.clone())).cloned(),
+                    })
+                    .collect();
+                prop_assert_eq!(store.provisioned_users(company, integration).expect("reads"), expected);
+            }
+            for user in IDS {
+                let mut expected: Vec<(String, LedgerEntry)> = ledger
+                    .iter()
+                    .filter(|((c, _), entry)| c == company && entry.user_id == user)
+                    .map(|((_, activity_id), entry)| (activity_id.clone(), entry.clone()))
+                    .collect();
+                expected.sort_by(|(a_id, a), (b_id, b)| b.occurred_at.cmp(&a.occurred_at).then_with(|| a_id.cmp(b_id)));
+                prop_assert_eq!(store.activities_of(company, user, usize::MAX).expect("reads"), expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn activities_of_a_user_come_latest_first_and_bounded() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let entry = |user: &str, millis| LedgerEntry {
+        user_id: user.into(),
+        crm_user_id: "crm".into(),
+        team_id: "t".into(),
+        activity_type: "Sale".into(),
+        value: Some(1.0),
+        occurred_at: Timestamp(millis),
+    };
+    let changes: Vec<StateChange> = [("a1", "u1", 10), ("a2", "u1", 30), ("a3", "u2", 40), ("a4", "u1", 20)]
+        .into_iter()
+        .map(|(activity_id, user, millis)| StateChange::PutLedger {
+            company_id: "acme".into(),
+            activity_id: activity_id.into(),
+            entry: entry(user, millis),
+        })
+        .collect();
+    store.stage(&changes).expect("stages");
+    assert!(store.activities_of("acme", "u1", 10).expect("reads").is_empty(), "staged writes are not answered");
+    store.commit(&[], None).expect("commits");
+    let ids: Vec<String> = store.activities_of("acme", "u1", 2).expect("reads").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["a2", "a4"]);
+}
