@@ -44,4 +44,4 @@ echo "crmflow: publishing the demo stream at ${RATE:-20} events/s; Ctrl-C stops"
 "$bin" generate --brokers "$brokers" --rate "${RATE:-20}" &
 children+=($!)
 "$bin" run --config deploy/crmflow.example.toml --brokers "$brokers" --state-dir "$workdir/state" \
-  --watch --report-seconds 3 --metrics-file "$workdir/metrics.prom"
+  --watch --report-seconds 3 --http-listen "${HTTP_LISTEN:-127.0.0.1:8080}"

@@ -13,8 +13,9 @@ use crmflow::generate::{self, Pace};
 use crmflow::simulate::simulate;
 use crmflow_codec::{Encoding, TopicNames};
 use crmflow_demo::DemoConfig;
+use crmflow_http::HttpServer;
 use crmflow_runtime::report::Counters;
-use crmflow_runtime::{Config, Observer, ProcessingGuarantee, Shutdown, Watch};
+use crmflow_runtime::{Config, Observer, ProcessingGuarantee, Shutdown, Status, Watch};
 
 #[derive(Parser)]
 #[command(name = "crmflow", version, about = "Turns CRM change events into user provisioning and sales activities")]
@@ -63,9 +64,9 @@ enum Command {
         /// Seconds between progress reports.
         #[arg(long, default_value_t = 5)]
         report_seconds: u64,
-        /// Write the counters in Prometheus text format to this file at each report.
+        /// Overrides `http_listen`: where the HTTP server (health, readiness, metrics, queries) listens.
         #[arg(long)]
-        metrics_file: Option<PathBuf>,
+        http_listen: Option<String>,
     },
     /// Create crmflow's topics that are missing (inputs, outputs, dead letters), co-partitioned.
     CreateTopics {
@@ -144,13 +145,16 @@ fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Simulate { input, output } => run_simulate(&input, output),
-        Command::Run { config, brokers, state_dir, processing_guarantee, watch, report_seconds, metrics_file } => {
+        Command::Run { config, brokers, state_dir, processing_guarantee, watch, report_seconds, http_listen } => {
             let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
             if let Some(brokers) = brokers {
                 config.brokers = brokers;
             }
             if let Some(dir) = state_dir {
                 config.state_dir = dir;
+            }
+            if let Some(address) = http_listen {
+                config.http_listen = address;
             }
             if let Some(g) = processing_guarantee {
                 config.processing_guarantee = match g {
@@ -159,9 +163,18 @@ fn main() -> Result<()> {
                 };
             }
             config.validate().context("invalid configuration")?;
-            let watch =
-                Watch { report_every: Duration::from_secs(report_seconds.max(1)), samples: if watch { 6 } else { 0 } };
-            let mut observer = LogObserver { metrics_file };
+            let status = Status::new();
+            // Started first, so probes get an answer (not ready) while the processor starts.
+            let _http = match config.http_listen.as_str() {
+                "" => None,
+                address => Some(HttpServer::start(address, status.clone()).context("cannot start the HTTP server")?),
+            };
+            let watch = Watch {
+                report_every: Duration::from_secs(report_seconds.max(1)),
+                samples: if watch { 6 } else { 0 },
+                status,
+            };
+            let mut observer = LogObserver;
             with_shutdown(|shutdown| {
                 crmflow_runtime::run(config, shutdown, &watch, &mut observer).context("crmflow run stopped")
             })?;
@@ -252,20 +265,13 @@ fn with_shutdown<T>(work: impl FnOnce(&Shutdown) -> Result<T>) -> Result<T> {
     work(&shutdown)
 }
 
-struct LogObserver {
-    metrics_file: Option<PathBuf>,
-}
+struct LogObserver;
 
 impl Observer for LogObserver {
     fn report(&mut self, counters: &Counters, samples: Vec<String>) {
         tracing::info!("{}", counters.summary());
         for line in samples {
             tracing::info!("  {line}");
-        }
-        if let Some(path) = &self.metrics_file {
-            if let Err(e) = std::fs::write(path, counters.prometheus()) {
-                tracing::warn!("cannot write metrics to {}: {e}", path.display());
-            }
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct Config {
     pub kafka_consumer: BTreeMap<String, String>,
     /// librdkafka properties for the producer only (linger.ms, compression.type, …).
     pub kafka_producer: BTreeMap<String, String>,
+    /// Where the HTTP server listens (`host:port`: health, readiness, metrics, queries); empty:
+    /// no HTTP server.
+    pub http_listen: String,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             kafka: BTreeMap::new(),
             kafka_consumer: BTreeMap::new(),
             kafka_producer: BTreeMap::new(),
+            http_listen: String::new(),
         }
     }
 }
@@ -215,6 +219,15 @@ impl Config {
                     ),
                 );
             }
+        }
+        if !self.http_listen.is_empty() && self.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "http_listen",
+                format!(
+                    "`{}` is not an address and port such as \"0.0.0.0:8080\" (empty turns HTTP off)",
+                    self.http_listen
+                ),
+            );
         }
         if self.max_wait_ms > 60_000 {
             return invalid("max_wait_ms", format!("{} is above 60000", self.max_wait_ms));

@@ -1,7 +1,7 @@
 //! The consumer's side: its context, with the rebalance callbacks into the [`Engine`] and the
-//! lag statistics.
+//! lag statistics (per partition, into the [`Status`]).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -9,26 +9,28 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::engine::{lock, Engine};
+use crate::status::Status;
 
 /// The consumer's context: commits and drops partition work on revocation, records lag.
 #[derive(Clone)]
 pub struct InputContext {
     /// The processing state, shared with the loop (which never holds it while polling).
     pub engine: Arc<Mutex<Engine>>,
-    /// Input records not yet consumed, summed over assigned partitions (-1 until known).
-    pub lag: Arc<AtomicI64>,
+    /// Where the lag per partition goes, for the metrics.
+    pub status: Status,
 }
 
 impl ClientContext for InputContext {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
+        // The client reports every partition it fetches; -1 means it does not know yet.
+        let lag: BTreeMap<(String, i32), i64> = statistics
             .topics
             .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.lag.store(lag, Ordering::Relaxed);
+            .flat_map(|t| t.partitions.values().map(move |p| (t, p)))
+            .filter(|(_, p)| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|(t, p)| ((t.topic.clone(), p.partition), p.consumer_lag))
+            .collect();
+        self.status.set_lag(lag);
     }
 }
 

@@ -32,6 +32,7 @@ use crate::producer::{send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
 use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
 use crate::setup;
+use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Timings};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,7 +58,15 @@ pub struct Engine {
     outputs: Vec<OutputRecord>,
     // The origins of the records sent in the open round, indexed by their delivery opaque.
     sent: Vec<Origin>,
+    // The input timestamps of the outputs sent in the open round, for the latency histogram.
+    sent_stamps: Vec<i64>,
+    // The open round's counts (and the sample outputs); moved to `committed` when it commits.
     progress: Progress,
+    committed: Progress,
+    timings: Timings,
+    // When the open transaction began (its first record).
+    transaction_started: Option<Instant>,
+    membership: Membership,
     in_transaction: bool,
     commits: u64,
     aborts: u64,
@@ -101,12 +110,14 @@ pub fn now_ms() -> i64 {
 }
 
 impl Engine {
-    /// An engine with no partitions yet, keeping `samples` sample outputs between reports.
+    /// An engine with no partitions yet, keeping `samples` sample outputs between reports and
+    /// observing its commits into `timings`.
     pub fn new(
         config: Config,
         producer: ThreadedProducer<DeliveryTracker>,
         changelog: Changelog,
         samples: usize,
+        timings: Timings,
     ) -> Self {
         Engine {
             changelog,
@@ -118,7 +129,12 @@ impl Engine {
             tasks: BTreeMap::new(),
             outputs: Vec::new(),
             sent: Vec::new(),
+            sent_stamps: Vec::new(),
             progress: Progress { samples: Samples::new(samples), ..Progress::default() },
+            committed: Progress::default(),
+            timings,
+            transaction_started: None,
+            membership: Membership::Joining,
             in_transaction: false,
             commits: 0,
             aborts: 0,
@@ -189,6 +205,7 @@ impl Engine {
                 self.failure.get_or_insert(e);
             }
         }
+        self.membership = Membership::Assigned;
     }
 
     fn assign_partition(
@@ -438,7 +455,7 @@ impl Engine {
                 refused.entry(origin.partition).or_default().push((origin.clone(), code));
             }
         }
-        self.sent.clear();
+        self.forget_round();
         self.aborts += 1;
         self.rewind(consumer, refused)
     }
@@ -450,7 +467,7 @@ impl Engine {
     pub fn rejoin_after_fence<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
         self.outputs.clear();
         self.in_transaction = false;
-        self.sent.clear();
+        self.forget_round();
         let producer: ThreadedProducer<DeliveryTracker> = self
             .config
             .producer_config()
@@ -540,8 +557,7 @@ impl Engine {
             return Ok(());
         }
         if self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction {
-            self.producer.begin_transaction().map_err(|e| self.transaction_error("beginning a transaction", e))?;
-            self.in_transaction = true;
+            self.begin_transaction()?;
         }
         for record in std::mem::take(&mut self.outputs) {
             self.send(&record)?;
@@ -554,6 +570,9 @@ impl Engine {
         // names the input record to set aside.
         let opaque = self.sent.len();
         self.sent.push(record.origin.clone());
+        if let Some(timestamp) = record.timestamp {
+            self.sent_stamps.push(timestamp);
+        }
         match send_waiting(&self.producer, base_record(record, opaque)) {
             // A dead letter bigger than the producer may send would stop the instance at the same
             // record after every restart: publish it without its value instead, saying so.
@@ -572,6 +591,7 @@ impl Engine {
     /// - `exactly_once`: the Kafka transaction (outputs and consumer offsets), then each
     ///   store's RocksDB batch.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
         let mut changelog = Vec::new();
         for task in self.tasks.values() {
@@ -610,10 +630,7 @@ impl Engine {
             }
             ProcessingGuarantee::ExactlyOnce => {
                 if !self.in_transaction {
-                    self.producer
-                        .begin_transaction()
-                        .map_err(|e| self.transaction_error("beginning a transaction", e))?;
-                    self.in_transaction = true;
+                    self.begin_transaction()?;
                 }
                 self.send_changelog(&changelog)?;
                 let group = consumer
@@ -626,12 +643,36 @@ impl Engine {
                 }
                 self.retrying("committing the transaction", |producer| producer.commit_transaction(CLIENT_TIMEOUT))?;
                 self.in_transaction = false;
+                if let Some(began) = self.transaction_started.take() {
+                    self.timings.transaction.observe(began.elapsed().as_secs_f64());
+                }
                 self.write_batches()?;
             }
         }
         self.commits += 1;
         self.sent.clear();
+        self.committed.absorb(&mut self.progress);
+        let now = now_ms();
+        for stamp in self.sent_stamps.drain(..) {
+            self.timings.latency.observe((now - stamp).max(0) as f64 / 1000.0);
+        }
+        self.timings.commit.observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    fn begin_transaction(&mut self) -> Result<(), RunError> {
+        self.producer.begin_transaction().map_err(|e| self.transaction_error("beginning a transaction", e))?;
+        self.in_transaction = true;
+        self.transaction_started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Forgets what the open round sent and counted: it is not committed.
+    fn forget_round(&mut self) {
+        self.sent.clear();
+        self.sent_stamps.clear();
+        self.progress.discard_counts();
+        self.transaction_started = None;
     }
 
     /// Publishes the state writes of each partition to its changelog partition (inside the
@@ -755,6 +796,7 @@ impl Engine {
         }
         // Dropping a task closes its store; anything uncommitted is redone by the next owner.
         self.tasks.clear();
+        self.membership = Membership::Rebalancing;
         tracing::info!("partitions revoked; state stores closed");
     }
 
@@ -763,6 +805,7 @@ impl Engine {
     pub fn abandon(&mut self) {
         self.cancel_restores();
         self.outputs.clear();
+        self.forget_round();
         if self.in_transaction {
             if let Err(e) = self.producer.abort_transaction(CLIENT_TIMEOUT) {
                 tracing::error!("aborting the transaction failed: {e}");
@@ -777,11 +820,11 @@ impl Engine {
     /// The counters since start, with the consumer lag the client reported.
     pub fn counters(&self, lag: i64) -> Counters {
         Counters {
-            records: self.progress.records,
-            replayed: self.progress.replayed,
-            late: self.progress.late,
-            tally: self.progress.tally.clone(),
-            dead_letters: self.progress.dead_letters.clone(),
+            records: self.committed.records,
+            replayed: self.committed.replayed,
+            late: self.committed.late,
+            tally: self.committed.tally.clone(),
+            dead_letters: self.committed.dead_letters.clone(),
             lag,
             commits: self.commits,
             aborts: self.aborts,
@@ -790,6 +833,30 @@ impl Engine {
             restoring: self.restoring.len(),
             restored: self.restored_records.load(Ordering::Relaxed),
         }
+    }
+
+    /// The counters, the membership and the assigned partitions at once, for operators.
+    pub fn view(&self, lag: i64) -> EngineView {
+        let restoring = self.restoring.iter().map(|(&partition, pending)| PartitionStatus {
+            partition,
+            state: PartitionState::Restoring,
+            restore: Some(pending.restoring.progress()),
+            store_bytes: None,
+        });
+        let processing = self.tasks.iter().map(|(&partition, task)| PartitionStatus {
+            partition,
+            state: PartitionState::Processing,
+            restore: None,
+            store_bytes: task.store().size_bytes().ok(),
+        });
+        let mut partitions: Vec<PartitionStatus> = restoring.chain(processing).collect();
+        partitions.sort_by_key(|p| p.partition);
+        EngineView { counters: self.counters(lag), membership: self.membership, partitions }
+    }
+
+    /// The stores of the partitions being processed, for queries over committed state.
+    pub fn stores(&self) -> Vec<&StateStore> {
+        self.tasks.values().map(PartitionTask::store).collect()
     }
 
     /// When the next buffered record may go at the latest, over all partitions.

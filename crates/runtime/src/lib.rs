@@ -14,7 +14,8 @@
 //!   [`producer`]: delivery tracking and a back-pressured send.
 //! - [`service`]: the wiring and the consume → process → produce → commit loop.
 //! - [`dev_broker`]: librdkafka's mock cluster as a standalone broker for development and tests.
-//! - [`report`]: counters and sample events for operators; [`shutdown`]: the stop signal.
+//! - [`status`]: readiness, metrics and the stores for queries, read by the HTTP server;
+//!   [`report`]: counters and sample events for the log; [`shutdown`]: the stop signal.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -31,8 +32,10 @@ pub mod resume;
 pub mod service;
 pub mod setup;
 pub mod shutdown;
+pub mod status;
 
 pub use config::{Config, ProcessingGuarantee};
 pub use error::RunError;
 pub use service::{run, Observer, Watch};
 pub use shutdown::Shutdown;
+pub use status::Status;

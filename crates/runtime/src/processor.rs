@@ -79,7 +79,7 @@ impl OutputRecord {
 /// Header of a dead letter published without its value, with the value's size and why.
 pub const HEADER_VALUE_DROPPED: &str = "crmflow.value.dropped";
 
-/// What processing produced, for the metrics.
+/// What processing produced, for the metrics: the open round's, or the committed totals.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Decisions' tallies.
@@ -95,6 +95,26 @@ pub struct Progress {
     pub late: u64,
     /// Recent outputs in words, for operators watching.
     pub samples: Samples,
+}
+
+impl Progress {
+    /// Moves the counts of a committed round into these totals, so the metrics count what was
+    /// published, never a round that was aborted and redone. Samples stay with the round.
+    pub fn absorb(&mut self, round: &mut Progress) {
+        self.tally.add(&std::mem::take(&mut round.tally));
+        for (kind, n) in std::mem::take(&mut round.dead_letters) {
+            *self.dead_letters.entry(kind).or_default() += n;
+        }
+        self.records += std::mem::take(&mut round.records);
+        self.replayed += std::mem::take(&mut round.replayed);
+        self.late += std::mem::take(&mut round.late);
+    }
+
+    /// Forgets the counts of a round that is not committed (aborted, abandoned, rewound).
+    pub fn discard_counts(&mut self) {
+        let samples = std::mem::take(&mut self.samples);
+        *self = Progress { samples, ..Progress::default() };
+    }
 }
 
 /// Why processing a partition failed (the store, or an output that cannot be encoded).
@@ -333,6 +353,11 @@ impl PartitionTask {
     /// behind the store's.
     pub fn has_processed(&self) -> bool {
         !self.processed.is_empty() || !self.ahead_of_group.is_empty()
+    }
+
+    /// The partition's store (for queries over its committed state).
+    pub fn store(&self) -> &StateStore {
+        &self.store
     }
 
     /// Gives back the store, without what was staged since the last RocksDB batch, and the

@@ -1,4 +1,5 @@
-//! What the running processor tells its operator: counters and sample events.
+//! What the running processor tells its operator in the log: counters and sample events
+//! (the metrics are in [`crate::status`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -61,39 +62,6 @@ impl Counters {
             dead,
             self.lag
         )
-    }
-
-    /// The counters in the Prometheus text format.
-    pub fn prometheus(&self) -> String {
-        let t = &self.tally;
-        let mut out = String::new();
-        let mut metric = |name: &str, labels: &str, value: i64| {
-            out += &format!("crmflow_{name}{labels} {value}\n");
-        };
-        metric("input_records_total", "", self.records as i64);
-        metric("replayed_records_total", "", self.replayed as i64);
-        metric("late_records_total", "", self.late as i64);
-        metric("crm_changes_total", "{result=\"matched\"}", t.matched as i64);
-        metric("crm_changes_total", "{result=\"unmatched\"}", t.unmatched as i64);
-        metric("crm_changes_total", "{result=\"duplicate\"}", t.duplicates as i64);
-        metric("outputs_total", "{type=\"UserProvisioned\"}", t.users_provisioned as i64);
-        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"recorded\"}", t.recorded as i64);
-        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"revised\"}", t.revised as i64);
-        metric("outputs_total", "{type=\"ActivityAccepted\",change=\"retracted\"}", t.retracted as i64);
-        for (reason, n) in &t.ignored {
-            metric("outputs_total", &format!("{{type=\"ActivityIgnored\",reason=\"{}\"}}", reason.as_str()), *n as i64);
-        }
-        for (kind, n) in &self.dead_letters {
-            metric("dead_letters_total", &format!("{{kind=\"{}\"}}", kind.as_str()), *n as i64);
-        }
-        metric("consumer_lag", "", self.lag);
-        metric("commits_total", "", self.commits as i64);
-        metric("aborted_transactions_total", "", self.aborts as i64);
-        metric("expired_input_records_total", "", self.expired as i64);
-        metric("producer_fenced_total", "", self.fences as i64);
-        metric("restoring_partitions", "", self.restoring as i64);
-        metric("restored_records_total", "", self.restored as i64);
-        out
     }
 }
 

@@ -18,7 +18,7 @@
 //! it stopped. It finishes when the consumer's position reaches the end offset taken at
 //! assignment, which also works when the changelog ends in a transaction marker.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crmflow_store::{StateStore, StoreError};
 
 use crate::config::Config;
+use crate::status::RestoreProgress;
 
 /// Records restored between two marks of progress in the store.
 pub const CHECKPOINT_EVERY: u64 = 10_000;
@@ -169,6 +170,10 @@ pub struct Restored {
 /// One partition's restore, running on its own thread.
 pub struct Restoring {
     partition: i32,
+    from: i64,
+    until: i64,
+    // The next changelog offset to apply, as the thread moves on.
+    reached: Arc<AtomicI64>,
     cancel: Arc<AtomicBool>,
     handle: JoinHandle<Result<Restored, RestoreError>>,
 }
@@ -196,6 +201,9 @@ impl Restoring {
     ) -> Result<Restoring, RestoreError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let partition = range.partition;
+        let (from, until) = (range.from, range.until);
+        let reached = Arc::new(AtomicI64::new(range.from));
+        let position = reached.clone();
         let client = config.restore_consumer_config();
         let flag = cancel.clone();
         let handle = std::thread::Builder::new()
@@ -207,15 +215,20 @@ impl Restoring {
                     context: "creating the restore consumer",
                     source,
                 })?;
-                restore(&consumer, store, &range, &flag, &restored)
+                restore(&consumer, store, &range, &flag, &restored, &position)
             })
             .map_err(|source| RestoreError::Thread { partition, source: Some(source) })?;
-        Ok(Restoring { partition, cancel, handle })
+        Ok(Restoring { partition, from, until, reached, cancel, handle })
     }
 
     /// The partition it restores.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// How far it has come.
+    pub fn progress(&self) -> RestoreProgress {
+        RestoreProgress { from: self.from, reached: self.reached.load(Ordering::Relaxed), until: self.until }
     }
 
     /// Whether it is done (successfully or not): [`Restoring::join`] then returns at once.
@@ -248,6 +261,7 @@ fn restore(
     range: &RestoreRange,
     cancel: &AtomicBool,
     restored: &AtomicU64,
+    reached: &AtomicI64,
 ) -> Result<Restored, RestoreError> {
     let RestoreRange { topic, partition, from, until } = range;
     let (partition, until) = (*partition, *until);
@@ -302,6 +316,7 @@ fn restore(
             position = next;
             last_progress = Instant::now();
         }
+        reached.store(position, Ordering::Relaxed);
         if last_progress.elapsed() > STALL_LIMIT {
             return Err(RestoreError::Stalled { topic: topic.clone(), partition, position, until });
         }

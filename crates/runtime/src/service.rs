@@ -3,7 +3,6 @@
 //! `commit_interval_ms`. The recovery protocol lives in [`crate::resume`], the commits in
 //! [`crate::engine`].
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use crate::producer::DeliveryTracker;
 use crate::report::Counters;
 use crate::setup;
 use crate::shutdown::Shutdown;
+use crate::status::{Phase, Status};
 
 /// Records admitted per poll round before the merges release what they can.
 const POLL_BATCH: usize = 500;
@@ -39,6 +39,8 @@ pub struct Watch {
     pub report_every: Duration,
     /// How many sample events to keep between reports (0: none).
     pub samples: usize,
+    /// What the loop shows operators (readiness, metrics, queries), e.g. over HTTP.
+    pub status: Status,
 }
 
 /// Runs the processor until shutdown is requested or a failure stops it.
@@ -75,9 +77,11 @@ pub fn run(
     }
     setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
     let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
-    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples)));
-    let lag = Arc::new(AtomicI64::new(-1));
-    let context = InputContext { engine: engine.clone(), lag: lag.clone() };
+    let status = &watch.status;
+    let engine =
+        Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples, status.timings().clone())));
+    status.attach(&engine, &config.application_id);
+    let context = InputContext { engine: engine.clone(), status: status.clone() };
     let consumer: BaseConsumer<InputContext> = config
         .consumer_config()
         .create_with_context(context)
@@ -85,15 +89,17 @@ pub fn run(
     let inputs: Vec<&str> = config.topics.inputs().iter().map(|(_, t)| *t).collect();
     consumer.subscribe(&inputs).map_err(|e| RunError::kafka("subscribing to the input topics", e))?;
     tracing::info!(brokers = %config.brokers, partitions, guarantee = ?config.processing_guarantee, "crmflow is running");
+    status.set_phase(Phase::Running);
 
-    let result = process_until_stopped(&engine, &consumer, shutdown, watch, observer, &lag);
+    let result = process_until_stopped(&engine, &consumer, shutdown, watch, observer);
+    status.set_phase(Phase::Stopping);
     let mut engine = lock(&engine);
     if let Err(e) = &result {
         tracing::error!("stopping without committing the round in progress: {e}");
         engine.abandon();
     }
     result?;
-    let counters = engine.counters(lag.load(Ordering::Relaxed));
+    let counters = engine.counters(status.total_lag());
     tracing::info!("stopped after committing: {}", counters.summary());
     Ok(counters)
 }
@@ -106,7 +112,6 @@ fn process_until_stopped(
     shutdown: &Shutdown,
     watch: &Watch,
     observer: &mut dyn Observer,
-    lag: &AtomicI64,
 ) -> Result<(), RunError> {
     let commit_every = Duration::from_millis(lock(engine).config().commit_interval_ms);
     let mut last_commit = Instant::now();
@@ -152,7 +157,7 @@ fn process_until_stopped(
             Err(e) => return Err(e),
         }
         if last_report.elapsed() >= watch.report_every {
-            let counters = engine.counters(lag.load(Ordering::Relaxed));
+            let counters = engine.counters(watch.status.total_lag());
             let samples = engine.take_samples();
             drop(engine);
             observer.report(&counters, samples);

@@ -140,6 +140,18 @@ pub enum StoreError {
         /// Why.
         source: rocksdb::Error,
     },
+    /// Reading a RocksDB property (a size, for the metrics) failed.
+    #[error("cannot read `{property}` of `{family}` in state store at {}: {source}", path.display())]
+    Property {
+        /// The store's directory.
+        path: PathBuf,
+        /// The column family.
+        family: &'static str,
+        /// The property.
+        property: &'static str,
+        /// Why.
+        source: rocksdb::Error,
+    },
 }
 
 /// Why bytes are not a valid value; opaque so the value format can change.

@@ -105,6 +105,24 @@ impl StateStore {
         self.read_committed(Family::Ledger, &encoding::key(&[company_id, activity_id]))
     }
 
+    /// Bytes the store takes: its files on disk and its memtables, over every family.
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for family in Family::ALL {
+            let cf = self.cf(family)?;
+            for property in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                let value = self.db.property_int_value_cf(cf, property).map_err(|source| StoreError::Property {
+                    path: self.path.clone(),
+                    family: family.name(),
+                    property,
+                    source,
+                })?;
+                total += value.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
     /// Calls `visit` with each committed key and value under `prefix`, in key order, while it
     /// returns `true`.
     fn scan(

@@ -1,0 +1,63 @@
+//! Errors as HTTP answers: a status and a JSON body `{"error": {"code", "message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// A request that cannot be answered as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed (a bad parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing here under that name (an unknown company, integration, user or activity).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not answerable now (not running yet, or stopping).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The state store failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<crmflow_store::StoreError> for ApiError {
+    fn from(error: crmflow_store::StoreError) -> Self {
+        tracing::error!("query failed: {error}");
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<crmflow_runtime::status::NotRunning> for ApiError {
+    fn from(error: crmflow_runtime::status::NotRunning) -> Self {
+        ApiError::Unavailable(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), Json(body)).into_response()
+    }
+}
