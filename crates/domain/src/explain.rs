@@ -238,6 +238,18 @@ pub enum Effect {
 }
 
 impl Explanation {
+    /// The company the traced input belongs to, which traces are stored and served under.
+    pub fn company_id(&self) -> &str {
+        match self {
+            Explanation::CrmRecordChanged(x) => &x.company_id,
+            Explanation::IntegrationSettingsChanged(x)
+            | Explanation::WorkflowSaved(x)
+            | Explanation::WorkflowDeleted(x)
+            | Explanation::UserAssignedToTeam(x)
+            | Explanation::UserRemovedFromTeam(x) => &x.company_id,
+        }
+    }
+
     /// The trace before deciding: the input's identity, with the effect it has when applied.
     fn of(event: &InputEvent) -> Self {
         let configuration = |company_id: &str, effect| ConfigurationExplanation {

@@ -197,6 +197,7 @@ proptest! {
             published.sort();
             prop_assert_eq!(linked, published);
 
+            prop_assert_eq!(explanation.company_id(), event.company_id());
             let json = serde_json::to_string(&explanation).unwrap();
             prop_assert_eq!(serde_json::from_str::<Explanation>(&json).unwrap(), explanation);
             state.apply(decided.changes);
