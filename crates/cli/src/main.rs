@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crmflow::generate::{self, Pace};
-use crmflow::simulate::simulate;
+use crmflow::simulate::{simulate, simulate_explained};
 use crmflow_codec::{Encoding, TopicNames};
 use crmflow_demo::DemoConfig;
 use crmflow_http::HttpServer;
@@ -43,6 +43,14 @@ enum Command {
         /// Where to write output records (default: stdout).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Also say why: one JSON trace line per input line on stderr (before the summary),
+        /// naming each workflow considered, each condition with its expected and actual value,
+        /// the rule that decided it and the outputs it produced. Output records are unchanged.
+        #[arg(long)]
+        explain: bool,
+        /// Write the --explain trace lines to this file instead of stderr (implies --explain).
+        #[arg(long, value_name = "FILE")]
+        explain_output: Option<PathBuf>,
     },
     /// Run the stream processor against Kafka.
     Run {
@@ -144,7 +152,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Simulate { input, output } => run_simulate(&input, output),
+        Command::Simulate { input, output, explain, explain_output } => {
+            let explain = match explain_output {
+                Some(path) => Some(Explanations::File(path)),
+                None if explain => Some(Explanations::Stderr),
+                None => None,
+            };
+            run_simulate(&input, output, explain)
+        }
         Command::Run { config, brokers, state_dir, processing_guarantee, watch, report_seconds, http_listen } => {
             let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
             if let Some(brokers) = brokers {
@@ -288,7 +303,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run_simulate(input: &str, output: Option<PathBuf>) -> Result<()> {
+/// Where `simulate --explain` writes its trace lines.
+enum Explanations {
+    Stderr,
+    File(PathBuf),
+}
+
+fn run_simulate(input: &str, output: Option<PathBuf>, explain: Option<Explanations>) -> Result<()> {
     let reader: Box<dyn io::BufRead> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -301,7 +322,17 @@ fn run_simulate(input: &str, output: Option<PathBuf>) -> Result<()> {
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    let summary = simulate(reader, writer, &TopicNames::default()).context("simulation failed")?;
+    let topics = TopicNames::default();
+    let summary = match explain {
+        None => simulate(reader, writer, &topics),
+        Some(Explanations::Stderr) => simulate_explained(reader, writer, BufWriter::new(io::stderr().lock()), &topics),
+        Some(Explanations::File(path)) => {
+            let file =
+                File::create(&path).with_context(|| format!("cannot create explain output file {}", path.display()))?;
+            simulate_explained(reader, writer, BufWriter::new(file), &topics)
+        }
+    }
+    .context("simulation failed")?;
     eprint!("{}", summary.report());
     Ok(())
 }

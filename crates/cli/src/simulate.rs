@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crmflow_codec::{dead_letter_headers, decode_input_value, DecodeError, Envelope, ErrorKind, Source, TopicNames};
-use crmflow_domain::{MemoryState, OutputEvent, Tally};
+use crmflow_domain::{explain, Explanation, MemoryState, OutputEvent, Tally};
 
 /// What a simulation did, for the summary on stderr.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,7 +54,58 @@ impl Summary {
 /// Runs every line of `input` through the core in file order and writes the output records.
 ///
 /// Lines that cannot be processed become dead-letter records; only I/O failures are errors.
-pub fn simulate(mut input: impl BufRead, mut output: impl Write, topics: &TopicNames) -> std::io::Result<Summary> {
+pub fn simulate(input: impl BufRead, output: impl Write, topics: &TopicNames) -> std::io::Result<Summary> {
+    run(input, output, None::<std::io::Sink>, topics)
+}
+
+/// Like [`simulate`], and writes one [`TraceLine`] per input line to `explanations`, saying why
+/// the core decided what it did. The output records are the same.
+pub fn simulate_explained(
+    input: impl BufRead,
+    output: impl Write,
+    explanations: impl Write,
+    topics: &TopicNames,
+) -> std::io::Result<Summary> {
+    run(input, output, Some(explanations), topics)
+}
+
+/// One line of `--explain` output: the input line it is about, and its decision trace or
+/// why it became a dead letter.
+#[derive(Debug, Serialize)]
+pub struct TraceLine<'a> {
+    /// The input line's number (1-based, blank lines counted), to find the record again.
+    pub line: usize,
+    /// The trace, flattened, so `type` is the input's type (or `DeadLetter`).
+    #[serde(flatten)]
+    pub trace: LineTrace<'a>,
+}
+
+/// What became of one input line.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum LineTrace<'a> {
+    /// The core decided it; here is why.
+    Decided(&'a Explanation),
+    /// It never reached the core.
+    DeadLetter(DeadLetterTrace<'a>),
+}
+
+/// Why a line became a dead letter, in the shape of a trace.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "DeadLetter")]
+pub struct DeadLetterTrace<'a> {
+    /// The dead letter's error kind, as in its headers.
+    pub kind: &'a str,
+    /// What is wrong with the line.
+    pub message: &'a str,
+}
+
+fn run<E: Write>(
+    mut input: impl BufRead,
+    mut output: impl Write,
+    mut explanations: Option<E>,
+    topics: &TopicNames,
+) -> std::io::Result<Summary> {
     let mut state = MemoryState::default();
     let mut summary = Summary::default();
     let mut bytes = Vec::new();
@@ -79,12 +131,26 @@ pub fn simulate(mut input: impl BufRead, mut output: impl Write, topics: &TopicN
                 DecodeError::new(ErrorKind::Undecodable, format!("line is not valid UTF-8: {e}")),
                 Origin::default(),
             )),
-            None => process_line(&mut state, line, topics, &mut summary.tally),
+            None => process_line(&mut state, line, topics, explanations.is_some(), &mut summary.tally),
         };
-        let records = match processed {
-            Ok((timestamp, outputs)) => {
-                outputs.iter().map(|out| output_record(out, timestamp, topics)).collect::<Result<Vec<_>, _>>()?
+        if let Some(explanations) = explanations.as_mut() {
+            let trace = match &processed {
+                Ok(decided) => decided.explanation.as_ref().map(LineTrace::Decided),
+                Err((error, _)) => {
+                    Some(LineTrace::DeadLetter(DeadLetterTrace { kind: error.kind.as_str(), message: &error.message }))
+                }
+            };
+            if let Some(trace) = trace {
+                serde_json::to_writer(&mut *explanations, &TraceLine { line: index, trace })?;
+                explanations.write_all(b"\n")?;
             }
+        }
+        let records = match processed {
+            Ok(decided) => decided
+                .outputs
+                .iter()
+                .map(|out| output_record(out, decided.timestamp, topics))
+                .collect::<Result<Vec<_>, _>>()?,
             Err((error, origin)) => {
                 *summary.dead_letters.entry(error.kind).or_default() += 1;
                 vec![dead_letter(line, index, &error, origin, topics)]
@@ -97,6 +163,9 @@ pub fn simulate(mut input: impl BufRead, mut output: impl Write, topics: &TopicN
         }
     }
     output.flush()?;
+    if let Some(explanations) = explanations.as_mut() {
+        explanations.flush()?;
+    }
     Ok(summary)
 }
 
@@ -110,13 +179,23 @@ struct Origin {
 
 type LineError = (DecodeError, Origin);
 
-/// Decodes and decides one line: its timestamp and the outputs, or why it is a dead letter.
+/// What the core made of one line.
+struct Decided {
+    /// The input record's timestamp, which its outputs keep.
+    timestamp: i64,
+    outputs: Vec<OutputEvent>,
+    /// Why, when asked for.
+    explanation: Option<Explanation>,
+}
+
+/// Decodes and decides one line (explaining the decision if asked), or says why it is a dead letter.
 fn process_line(
     state: &mut MemoryState,
     line: &str,
     topics: &TopicNames,
+    explaining: bool,
     tally: &mut Tally,
-) -> Result<(i64, Vec<OutputEvent>), LineError> {
+) -> Result<Decided, LineError> {
     let envelope: Envelope = serde_json::from_str(line).map_err(|e| {
         let message = format!("not a record line {{\"topic\", \"key\", \"timestamp\", \"value\"}}: {e}");
         (DecodeError::new(ErrorKind::Undecodable, message), Origin::default())
@@ -135,9 +214,18 @@ fn process_line(
         Ok(event) => event,
         Err(error) => return Err((error, origin())),
     };
-    let decision = state.process(&event);
+    let (decision, explanation) = if explaining {
+        let (decision, explanation) = match explain(state, &event) {
+            Ok(explained) => explained,
+            Err(never) => match never {},
+        };
+        state.apply(decision.changes.clone());
+        (decision, Some(explanation))
+    } else {
+        (state.process(&event), None)
+    };
     tally.add(&decision.tally);
-    Ok((envelope.timestamp, decision.outputs))
+    Ok(Decided { timestamp: envelope.timestamp, outputs: decision.outputs, explanation })
 }
 
 /// An output record keeps the input's timestamp, so a replay reproduces it.

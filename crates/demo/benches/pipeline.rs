@@ -9,6 +9,9 @@
 //! warmed state (cloned outside the timing): processing it twice on one state would
 //! only measure the duplicate-event shortcut.
 //!
+//! The `core` group measures the decision core alone on the same batch: `decide` (what the
+//! processor runs) against `explain` (the same decisions with their traces recorded).
+//!
 //! Run: `cargo bench -p crmflow-demo --bench pipeline`.
 
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use crmflow_codec::{decode_input, encode_output, Encoding};
 use crmflow_demo::{DemoConfig, DemoStream};
-use crmflow_domain::{InputEvent, InputStream, MemoryState};
+use crmflow_domain::{explain, Explanation, InputEvent, InputStream, MemoryState};
 
 /// Events of the stream processed before measuring; by then nearly every user has
 /// appeared and been placed on a team.
@@ -133,5 +136,49 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+/// The decision core alone (no codec), so a change in `decide` shows undiluted.
+fn core(c: &mut Criterion) {
+    let (state, events) = workload();
+    let mut group = c.benchmark_group("core");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(BATCH_EVENTS as u64));
+    group.bench_function("decide", |b| {
+        b.iter_batched(
+            || state.clone(),
+            |mut state| {
+                let outputs: usize = events.iter().map(|event| state.process(event).outputs.len()).sum();
+                (state, black_box(outputs))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The same decisions with their traces recorded: what `--explain` costs.
+    group.bench_function("explain", |b| {
+        b.iter_batched(
+            || state.clone(),
+            |mut state| {
+                let mut workflows = 0;
+                for event in &events {
+                    let (decision, explanation) = match explain(&state, event) {
+                        Ok(explained) => explained,
+                        Err(never) => match never {},
+                    };
+                    if let Explanation::CrmRecordChanged(x) = &explanation {
+                        workflows += x.workflows.len();
+                    }
+                    state.apply(decision.changes);
+                    black_box(explanation);
+                }
+                (state, black_box(workflows))
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, core);
 criterion_main!(benches);

@@ -9,6 +9,7 @@
 //! - [`state`]: the projections decisions read ([`StateView`]) and the writes they
 //!   ask for ([`StateChange`]); [`MemoryState`] keeps them in memory.
 //! - [`decide()`]: `(state, event) -> Decision { changes, outputs, tally }`.
+//! - [`explain()`]: the same decision and an [`Explanation`] of it (see [`mod@explain`]).
 //! - [`ids`]: name-based UUIDs, so replays reproduce every identifier.
 //!
 //! The runtime shell feeds events in order, persists `changes` atomically with the
@@ -17,6 +18,7 @@
 
 pub mod decide;
 pub mod events;
+pub mod explain;
 pub mod ids;
 pub mod scalar;
 pub mod state;
@@ -24,8 +26,12 @@ pub mod tally;
 pub mod time;
 pub mod workflow;
 
-pub use decide::{decide, Decision};
+pub use decide::{decide, explain, Decision};
 pub use events::*;
+pub use explain::{
+    ConditionCheck, ConfigurationExplanation, CrmChangeExplanation, Effect, Explanation, OutputLink, Rule, UnknownRule,
+    WorkflowExplanation,
+};
 pub use scalar::Scalar;
 pub use state::{Account, Integration, LedgerEntry, MemoryState, StateChange, StateView};
 pub use tally::Tally;
