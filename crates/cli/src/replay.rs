@@ -562,7 +562,11 @@ impl fmt::Display for ReplayReport {
             let partitions: Vec<(&(String, i32), &i64)> = self.end.iter().filter(|((t, _), _)| t == topic).collect();
             let published: i64 =
                 partitions.iter().map(|(key, end)| **end - self.start.get(*key).copied().unwrap_or(0)).sum();
-            writeln!(f, "    {topic}: {published} records published from there, over {} partitions", partitions.len())?;
+            writeln!(
+                f,
+                "    {topic}: {published} records from there to the end offsets, {} partitions",
+                partitions.len()
+            )?;
         }
         if let Some(s) = &self.settings {
             writeln!(
