@@ -513,6 +513,12 @@ where
 
 /// Requests `shutdown` once the replay group's committed offsets reach `ends` on every input
 /// partition; gives up when `finished` (the replay stopped otherwise).
+///
+/// A partition whose committed offset stays short of its end may hold nothing more to process:
+/// inputs written in transactions end with a transaction marker (and aborted records) that no
+/// consumer is handed, so the offset the replay commits stays below the end. Once the committed
+/// offsets stand still, such partitions are read from their committed offset to the end, and
+/// count as caught up if no record comes.
 fn stop_when_caught_up(
     shadow: &Config,
     ends: &Offsets,
@@ -521,25 +527,57 @@ fn stop_when_caught_up(
     finished: &AtomicBool,
 ) {
     let mut ops = None;
+    let mut last: Option<Offsets> = None;
+    let mut still = 0;
     while !finished.load(Ordering::SeqCst) && !shutdown.is_requested() {
         std::thread::sleep(Duration::from_millis(500));
         if ops.is_none() {
             ops = Operations::connect(shadow).map_err(|e| tracing::warn!("watching the replay's progress: {e}")).ok();
         }
         let Some(ops) = &ops else { continue };
-        match ops.committed_offsets(&shadow.application_id, ends.keys().cloned()) {
-            Ok(committed) => {
-                let behind = ends
-                    .iter()
-                    .filter(|(key, end)| committed.get(*key).copied().flatten().unwrap_or(0) < **end)
-                    .count();
-                if behind == 0 {
-                    tracing::info!("caught up with the inputs' end offsets taken at start; stopping");
-                    caught_up.store(true, Ordering::SeqCst);
-                    shutdown.request();
-                }
+        let committed: Offsets = match ops.committed_offsets(&shadow.application_id, ends.keys().cloned()) {
+            Ok(committed) => committed.into_iter().map(|(key, o)| (key, o.unwrap_or(0))).collect(),
+            Err(e) => {
+                tracing::warn!("watching the replay's progress: {e}");
+                continue;
             }
-            Err(e) => tracing::warn!("watching the replay's progress: {e}"),
+        };
+        let behind: Offsets = ends
+            .iter()
+            .filter(|(key, end)| committed.get(*key).is_none_or(|c| c < *end))
+            .map(|(k, e)| (k.clone(), *e))
+            .collect();
+        still = if last.as_ref() == Some(&committed) { still + 1 } else { 0 };
+        last = Some(committed);
+        let done = behind.is_empty() || (still >= 4 && nothing_left(ops, last.as_ref().unwrap(), &behind));
+        if done {
+            tracing::info!("caught up with the inputs' end offsets taken at start; stopping");
+            caught_up.store(true, Ordering::SeqCst);
+            shutdown.request();
+        }
+    }
+}
+
+/// Whether no record comes between the committed offsets and the ends of the `behind` partitions.
+fn nothing_left(ops: &Operations, committed: &Offsets, behind: &Offsets) -> bool {
+    let mut found = false;
+    let read = ops.read_between(committed, behind, |_| {
+        found = true;
+        Ok(Read::Stop)
+    });
+    match read {
+        Ok(()) if !found => {
+            let partitions: Vec<String> = behind.keys().map(|(t, p)| format!("{t} [{p}]")).collect();
+            tracing::info!(
+                "no record left before the end offsets of {} (transaction markers or aborted records only)",
+                partitions.join(", ")
+            );
+            true
+        }
+        Ok(()) => false,
+        Err(e) => {
+            tracing::info!("the replay is not at the end offsets yet: {e}");
+            false
         }
     }
 }

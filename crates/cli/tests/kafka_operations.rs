@@ -303,3 +303,62 @@ fn reset_to_earliest_publishes_the_same_outputs_again() {
         assert!(values.iter().all(|v| *v == first[id][0]), "{id}: the same content");
     }
 }
+
+/// Inputs written in Kafka transactions end with a transaction marker (here also an aborted
+/// record) that no consumer is handed: the replay's committed offsets stay short of the end
+/// offsets, and it must still see that it has caught up and stop.
+#[test]
+fn a_replay_of_transactional_inputs_stops_by_itself() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = kafka();
+    let name = "ops-txn";
+    let topics = Topics::create(broker, name, 2);
+    let (generated, _) = generate(600);
+    let defaults = TopicNames::default();
+    let lines: Vec<Vec<u8>> = generated
+        .into_iter()
+        .filter(|l| serde_json::from_slice::<Envelope>(l).is_ok_and(|e| defaults.input_stream(&e.topic).is_some()))
+        .collect();
+    let expected = simulate(&lines);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("transactional.id", "ops-txn-producer")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let envelopes: Vec<Envelope> = lines.iter().map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let send_all = |envelopes: &[Envelope]| {
+        for e in envelopes {
+            let topic = topics.names.input_topic(defaults.input_stream(&e.topic).unwrap()).to_owned();
+            let payload = serde_json::to_vec(&e.value).unwrap();
+            let key = e.key.clone().unwrap_or_default();
+            let mut record = BaseRecord::to(&topic).key(&key).payload(&payload).timestamp(e.timestamp);
+            while let Err((_, back)) = producer.send(record) {
+                producer.poll(Duration::from_millis(10));
+                record = back;
+            }
+        }
+    };
+    producer.begin_transaction().unwrap();
+    send_all(&envelopes);
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    send_all(&envelopes[envelopes.len() - 5..]);
+    producer.flush(Duration::from_secs(30)).unwrap();
+    producer.abort_transaction(Duration::from_secs(30)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let replay = operate(broker, &topics, &state_dir, name, &["replay", "--from", "earliest", "--into", "t"]);
+    let log = text(&replay.stderr);
+    let report = succeed(replay, "replay");
+    assert!(report.contains("caught up"), "{report}");
+    assert!(log.contains("transaction markers or aborted records only"), "{log}");
+    let out = succeed(operate(broker, &topics, &state_dir, name, &["diff", "--shadow", "t", "--json"]), "diff");
+    let diff: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        diff["added"]["total"].as_u64(),
+        Some(expected.len() as u64),
+        "no live outputs: all added, none aborted"
+    );
+}

@@ -337,6 +337,17 @@ impl Operations {
     pub fn read_until(
         &self,
         ends: &Offsets,
+        each: impl FnMut(&BorrowedMessage<'_>) -> Result<Read, OperationError>,
+    ) -> Result<(), OperationError> {
+        self.read_between(&Offsets::new(), ends, each)
+    }
+
+    /// Like [`Operations::read_until`], from the offsets in `starts` (the start of the
+    /// partition where it has none).
+    pub fn read_between(
+        &self,
+        starts: &Offsets,
+        ends: &Offsets,
         mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<Read, OperationError>,
     ) -> Result<(), OperationError> {
         let mut config = self.config.client_config();
@@ -349,8 +360,12 @@ impl Operations {
         let mut assignment = TopicPartitionList::new();
         for ((topic, partition), end) in ends {
             if *end > 0 {
+                let start = match starts.get(&(topic.clone(), *partition)) {
+                    Some(offset) => Offset::Offset(*offset),
+                    None => Offset::Beginning,
+                };
                 assignment
-                    .add_partition_offset(topic, *partition, Offset::Beginning)
+                    .add_partition_offset(topic, *partition, start)
                     .map_err(kafka("building the reader's assignment"))?;
             }
         }

@@ -954,7 +954,29 @@ pub fn operate(
     for (k, v) in topics.env() {
         command.env(k, v);
     }
-    command.output().expect("starting crmflow")
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = command
+        .stdout(fs::File::create(&stdout).unwrap())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("starting crmflow");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "crmflow {args:?} did not finish within 180 s:\n{}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output { status, stdout: fs::read(&stdout).unwrap(), stderr: fs::read(&stderr).unwrap() }
 }
 
 /// The committed offsets of `group` on every input partition of `topics` (-1: none).
