@@ -75,6 +75,9 @@ pub enum ReplayError {
         /// What is wrong.
         message: String,
     },
+    /// The override file holds no event.
+    #[error("settings file {0} has no events; leave --settings out to replay the history's settings")]
+    EmptySettings(PathBuf),
     /// The shadow was used before: a replay into it would not start from fresh state.
     #[error(
         "shadow `{suffix}` was used before ({what}); choose another --into, or remove it first with \
@@ -136,8 +139,10 @@ pub struct SettingsOverride {
 
 impl SettingsOverride {
     /// Reads a JSON Lines file of `{"topic","key","timestamp","value"}` records for the settings
-    /// topic (the lines `crmflow simulate` reads); blank lines are skipped.
-    pub fn read(path: &Path, topics: &TopicNames) -> Result<SettingsOverride, ReplayError> {
+    /// topic (the lines `crmflow simulate` reads), checked as the settings topic's records are
+    /// (and that they can be written in its encoding); blank lines are skipped.
+    pub fn read(path: &Path, config: &Config) -> Result<SettingsOverride, ReplayError> {
+        let topics = &config.topics;
         let text = std::fs::read_to_string(path)
             .map_err(|source| ReplayError::SettingsFile { path: path.to_owned(), source })?;
         let mut result = SettingsOverride::default();
@@ -160,15 +165,14 @@ impl SettingsOverride {
             let event = decode_input_value(InputStream::Settings, key, envelope.value.clone())
                 .map_err(|e| fail(e.to_string()))?;
             let integration = integration_of(&event).ok_or_else(|| fail("not a settings event".into()))?;
+            let encoding = config.encoding.integration_settings;
+            encode_settings(&envelope.value, encoding)
+                .map_err(|e| fail(format!("cannot be written as {encoding:?} (the settings topic's encoding): {e}")))?;
             result.integrations.insert(integration);
             result.events.push((event.company_id().to_owned(), envelope.value));
         }
         if result.events.is_empty() {
-            return Err(ReplayError::SettingsLine {
-                path: path.to_owned(),
-                line: 0,
-                message: "the file has no events; leave --settings out to replay the history's settings".into(),
-            });
+            return Err(ReplayError::EmptySettings(path.to_owned()));
         }
         Ok(result)
     }
@@ -239,7 +243,7 @@ pub fn replay(
     observer: &mut dyn Observer,
 ) -> Result<ReplayReport, ReplayError> {
     let settings = match &request.settings {
-        Some(path) => Some((path.clone(), SettingsOverride::read(path, &config.topics)?)),
+        Some(path) => Some((path.clone(), SettingsOverride::read(path, config)?)),
         None => None,
     };
     let shadow = config.replay_config(&request.suffix, settings.is_some())?;
@@ -260,6 +264,13 @@ pub fn replay(
         Point::Earliest => low,
         Point::Time(ms) => ops.offsets_for_time(&inputs, ms)?,
     };
+    // Outputs stamped in the past would go at the next retention check on topics with
+    // time-based retention: the shadow's keep everything until `reset --shadow` deletes them.
+    for topic in shadow.topics.outputs() {
+        if ops.partitions(topic).is_none() {
+            ops.create_topic(topic, partitions, &[("retention.ms", "-1")])?;
+        }
+    }
     // Fresh group offsets: where publishing starts (see the module's doc).
     ops.commit_group_offsets(&shadow.application_id, &start)?;
     tracing::info!(group = %shadow.application_id, from = %request.from, "replaying into shadow `{}`", request.suffix);
@@ -408,11 +419,9 @@ fn write_settings_copy(
     let mut written: BTreeMap<i32, i64> = BTreeMap::new();
     for (company, value) in &settings.events {
         let partition = partition_of.get(company).copied().unwrap_or(0);
-        let payload = encode_settings(value, encoding).map_err(|message| ReplayError::SettingsLine {
-            path: path.to_owned(),
-            line: 0,
-            message: format!("cannot encode an event of {company} as {encoding:?}: {message}"),
-        })?;
+        // Checked when the file was read.
+        let payload =
+            encode_settings(value, encoding).map_err(|detail| ReplayError::Copy { topic: topic.clone(), detail })?;
         let record = BaseRecord::to(&topic).partition(partition).key(company.as_bytes()).payload(&payload[..]);
         send(&producer, record.timestamp(stamped))?;
         *written.entry(partition).or_default() += 1;
@@ -638,5 +647,40 @@ impl fmt::Display for ReplayReport {
             Point::Time(_) => format!(" --from {}", self.from),
         };
         writeln!(f, "  compare: crmflow diff --shadow {}{since} (with the same --config)", self.suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVED: &str = r#"{"topic":"integration.settings","key":"acme","timestamp":1,"value":{"type":"WorkflowSaved","company_id":"acme","integration_id":"sf","changed_at":"2024-05-01T10:00:00Z","workflow":{"workflow_id":"w","name":"n","active":true,"object_type":"Opportunity","triggers":["created"],"conditions":[],"activity_type":"Sale","user_field":"OwnerId"}}}"#;
+
+    fn read(text: &str) -> Result<SettingsOverride, ReplayError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("override.jsonl");
+        std::fs::write(&path, text).unwrap();
+        SettingsOverride::read(&path, &Config::default())
+    }
+
+    #[test]
+    fn the_override_names_its_integrations_and_skips_only_their_settings() {
+        let settings = read(&format!("\n{SAVED}\n")).unwrap();
+        assert_eq!(settings.integrations, BTreeSet::from([("acme".to_owned(), "sf".to_owned())]));
+        let event = |json: &str| {
+            let envelope: Envelope = serde_json::from_str(json).unwrap();
+            decode_input_value(InputStream::Settings, Some(b"acme"), envelope.value).unwrap()
+        };
+        assert!(settings.overrides(&event(SAVED)));
+        assert!(!settings.overrides(&event(&SAVED.replace(r#""integration_id":"sf""#, r#""integration_id":"hs""#))));
+    }
+
+    #[test]
+    fn a_bad_override_line_is_named() {
+        let message = |text: &str| read(text).unwrap_err().to_string();
+        assert!(message(&format!("{SAVED}\nnope")).contains("line 2"));
+        assert!(message(&SAVED.replace("integration.settings", "crm.changes")).contains("only settings events"));
+        assert!(message(&SAVED.replace(r#""key":"acme""#, r#""key":"other""#)).contains("wrong_key"));
+        assert!(message("\n").contains("no events"));
     }
 }

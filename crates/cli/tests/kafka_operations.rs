@@ -36,7 +36,7 @@ fn live() -> &'static Live {
     LIVE.get_or_init(|| {
         let broker = kafka();
         let topics = Topics::create(broker, "ops-live", 4);
-        let (lines, expected) = generate(4_000);
+        let (lines, expected) = generate(10_000);
         produce_lines(broker, &topics, &lines);
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
@@ -265,7 +265,7 @@ fn reset_to_earliest_publishes_the_same_outputs_again() {
     let broker = kafka();
     let name = "ops-reset";
     let topics = Topics::create(broker, name, 2);
-    let (lines, _) = generate(1_500);
+    let (lines, _) = generate(4_000);
     produce_lines(broker, &topics, &lines);
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
