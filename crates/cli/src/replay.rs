@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
@@ -366,10 +366,7 @@ fn write_settings_copy(
             skipped += 1;
             return Ok(());
         }
-        let headers = m.headers().map(|h| {
-            use rdkafka::message::Headers;
-            h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect()
-        });
+        let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect());
         history.entry(m.partition()).or_default().push(CopiedRecord {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),

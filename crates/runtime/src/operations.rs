@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -400,7 +400,6 @@ impl Operations {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     last_progress = Instant::now();
-                    use rdkafka::Message;
                     let end = ends.get(&(message.topic().to_owned(), message.partition())).copied().unwrap_or(0);
                     let key = (message.topic().to_owned(), message.partition());
                     if message.offset() < end && !done.contains(&key) {
