@@ -1,5 +1,5 @@
-//! `crmflow`: simulate workflows on sample data, run the stream processor, run a development
-//! broker, and generate demo load.
+//! `crmflow`: simulate workflows on sample data, run the stream processor, replay its history
+//! into shadow topics, diff and reset, run a development broker, and generate demo load.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
@@ -9,7 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crmflow::diff::DiffRequest;
 use crmflow::generate::{self, Pace};
+use crmflow::point::Point;
+use crmflow::replay::ReplayRequest;
+use crmflow::reset::ResetRequest;
 use crmflow::simulate::{simulate, simulate_explained};
 use crmflow_codec::{Encoding, TopicNames};
 use crmflow_demo::DemoConfig;
@@ -75,6 +79,76 @@ enum Command {
         /// Overrides `http_listen`: where the HTTP server (health, readiness, metrics, queries) listens.
         #[arg(long)]
         http_listen: Option<String>,
+    },
+    /// Reprocess the inputs from a point, with fresh state, into shadow topics `<topic>.<SUFFIX>`;
+    /// stops once caught up with the inputs' end offsets at start. The live application is untouched.
+    Replay {
+        /// TOML configuration file of the live application; CRMFLOW_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// `earliest`, or an RFC 3339 time: outputs are published from each input partition's
+        /// first record stamped at or after it (state is built from everything before it).
+        #[arg(long)]
+        from: Point,
+        /// The shadow's suffix: outputs go to `<topic>.<SUFFIX>`, the group is `<application_id>.replay.<SUFFIX>`.
+        #[arg(long)]
+        into: String,
+        /// JSON Lines of settings/workflow events (simulate's input lines) applied first; the
+        /// history's settings events of the integrations they name are skipped.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// Seconds between progress reports.
+        #[arg(long, default_value_t = 5)]
+        report_seconds: u64,
+    },
+    /// Compare a replay's shadow outputs with the live ones by their deterministic ids.
+    Diff {
+        /// TOML configuration file of the live application; CRMFLOW_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// The shadow's suffix (`crmflow replay --into`).
+        #[arg(long)]
+        shadow: String,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Samples shown of each of added, removed and revised.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// Compare only outputs stamped at or after this RFC 3339 time (for a replay `--from` it).
+        #[arg(long)]
+        from: Option<Point>,
+    },
+    /// Start the application over: move its group's input offsets, delete its changelog and state
+    /// directory. Refuses while the group has live members.
+    Reset {
+        /// TOML configuration file; CRMFLOW_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `brokers`.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// To the earliest offsets (the default).
+        #[arg(long, conflicts_with = "to_datetime")]
+        to_earliest: bool,
+        /// To each input partition's first offset stamped at or after this RFC 3339 time.
+        #[arg(long)]
+        to_datetime: Option<Point>,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the output and dead-letter topics.
+        #[arg(long)]
+        delete_outputs: bool,
+        /// Reset the shadow of `crmflow replay --into SUFFIX` instead of the application.
+        #[arg(long)]
+        shadow: Option<String>,
     },
     /// Create crmflow's topics that are missing (inputs, outputs, dead letters), co-partitioned.
     CreateTopics {
@@ -195,6 +269,40 @@ fn main() -> Result<()> {
             })?;
             Ok(())
         }
+        Command::Replay { config, brokers, from, into, settings, report_seconds } => {
+            let config = load_config(config.as_deref(), brokers)?;
+            let request = ReplayRequest { suffix: into, from, settings };
+            let watch =
+                Watch { report_every: Duration::from_secs(report_seconds.max(1)), samples: 0, status: Status::new() };
+            let mut observer = LogObserver;
+            let report = with_shutdown(|shutdown| {
+                crmflow::replay::replay(&config, &request, shutdown, &watch, &mut observer).context("replay failed")
+            })?;
+            print!("{report}");
+            anyhow::ensure!(report.caught_up, "the replay stopped before catching up");
+            Ok(())
+        }
+        Command::Diff { config, brokers, shadow, json, samples, from } => {
+            let config = load_config(config.as_deref(), brokers)?;
+            let since = match from {
+                None | Some(Point::Earliest) => None,
+                Some(Point::Time(ms)) => Some(ms),
+            };
+            let diff = crmflow::diff::diff(&config, &DiffRequest { shadow, samples, since }).context("diff failed")?;
+            if json {
+                println!("{}", diff.to_json());
+            } else {
+                print!("{diff}");
+            }
+            Ok(())
+        }
+        Command::Reset { config, brokers, to_earliest: _, to_datetime, dry_run, delete_outputs, shadow } => {
+            let config = load_config(config.as_deref(), brokers)?;
+            let request = ResetRequest { to: to_datetime.unwrap_or(Point::Earliest), dry_run, delete_outputs, shadow };
+            let plan = crmflow::reset::reset(&config, &request).context("reset refused")?;
+            print!("{plan}");
+            Ok(())
+        }
         Command::CreateTopics { config, brokers, partitions } => {
             anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
             let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
@@ -263,6 +371,16 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads and validates the configuration, with `--brokers` applied.
+fn load_config(file: Option<&std::path::Path>, brokers: Option<String>) -> Result<Config> {
+    let mut config = Config::load(file, std::env::vars()).context("invalid configuration")?;
+    if let Some(brokers) = brokers {
+        config.brokers = brokers;
+    }
+    config.validate().context("invalid configuration")?;
+    Ok(config)
 }
 
 /// Runs blocking work while a tokio runtime turns SIGINT/SIGTERM into a shutdown request.

@@ -349,6 +349,48 @@ impl Config {
         format!("{}.{}", self.application_id, self.instance_id)
     }
 
+    /// The output and dead-letter topics of shadow `suffix`: `<topic>.<suffix>`; the inputs stay.
+    pub fn shadow_topics(&self, suffix: &str) -> TopicNames {
+        let shadow = |topic: &str| format!("{topic}.{suffix}");
+        TopicNames {
+            users_provisioned: shadow(&self.topics.users_provisioned),
+            activities_accepted: shadow(&self.topics.activities_accepted),
+            activities_ignored: shadow(&self.topics.activities_ignored),
+            dead_letters: shadow(&self.topics.dead_letters),
+            ..self.topics.clone()
+        }
+    }
+
+    /// The configuration of a replay into shadow `suffix` (`crmflow replay --into`): the same
+    /// inputs (the settings from `<settings>.<suffix>` when `settings_copy`), outputs and dead
+    /// letters to [`Config::shadow_topics`], and its own consumer group, changelog, transactional
+    /// id (all from the application id `<application_id>.replay.<suffix>`) and state directory
+    /// (`<state_dir>.replay.<suffix>`), so the live application is left as it is.
+    pub fn replay_config(&self, suffix: &str, settings_copy: bool) -> Result<Config, ConfigError> {
+        if !is_kafka_name(suffix) {
+            return Err(ConfigError::Invalid {
+                key: "--into".into(),
+                problem: format!("`{suffix}` must be 1-200 characters of letters, digits, `.`, `_` or `-`"),
+            });
+        }
+        let mut topics = self.shadow_topics(suffix);
+        if settings_copy {
+            topics.integration_settings = format!("{}.{suffix}", self.topics.integration_settings);
+        }
+        let state_dir = match self.state_dir.file_name() {
+            Some(name) => self.state_dir.with_file_name(format!("{}.replay.{suffix}", name.to_string_lossy())),
+            None => self.state_dir.join(format!("replay.{suffix}")),
+        };
+        let config = Config {
+            application_id: format!("{}.replay.{suffix}", self.application_id),
+            state_dir,
+            topics,
+            ..self.clone()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The encoding of an output topic's values.
     pub fn output_encoding(&self, event: &crmflow_domain::OutputEvent) -> Encoding {
         use crmflow_domain::OutputEvent::*;
@@ -466,6 +508,22 @@ mod tests {
         assert_eq!(config.kafka_consumer["session.timeout.ms"], "6000");
         assert_eq!(config.consumer_config().get("session.timeout.ms"), Some("6000"));
         assert_eq!(config.producer_config().get("session.timeout.ms"), None);
+    }
+
+    #[test]
+    fn a_replay_config_shares_the_inputs_and_nothing_else() {
+        let live = load("application_id = \"crm\"\nstate_dir = \"/var/lib/crmflow\"\n", &[]).unwrap();
+        let replay = live.replay_config("try1", false).unwrap();
+        assert_eq!(replay.application_id, "crm.replay.try1");
+        assert_eq!(replay.changelog_topic(), "crm.replay.try1-projections-changelog");
+        assert_ne!(replay.transactional_id(), live.transactional_id());
+        assert_eq!(replay.state_dir, PathBuf::from("/var/lib/crmflow.replay.try1"));
+        assert_eq!(replay.topics.inputs(), live.topics.inputs());
+        assert_eq!(replay.topics.activities_accepted, "activities.accepted.try1");
+        assert_eq!(replay.topics.dead_letters, "crmflow.dlq.try1");
+        let with_settings = live.replay_config("try1", true).unwrap();
+        assert_eq!(with_settings.topics.integration_settings, "integration.settings.try1");
+        assert!(live.replay_config("no way", false).unwrap_err().to_string().contains("--into"));
     }
 
     #[test]

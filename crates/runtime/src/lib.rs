@@ -13,6 +13,8 @@
 //! - [`consumer`]: the consumer's context (rebalance callbacks into the engine, lag);
 //!   [`producer`]: delivery tracking and a back-pressured send.
 //! - [`service`]: the wiring and the consume → process → produce → commit loop.
+//! - [`operations`]: offsets, group members, topic deletion and reading to end offsets, for
+//!   the operator commands (`crmflow replay`, `diff`, `reset`).
 //! - [`dev_broker`]: librdkafka's mock cluster as a standalone broker for development and tests.
 //! - [`status`]: readiness, metrics and the stores for queries, read by the HTTP server;
 //!   [`report`]: counters and sample events for the log; [`shutdown`]: the stop signal.
@@ -24,6 +26,7 @@ pub mod dev_broker;
 pub mod engine;
 pub mod error;
 pub mod merge;
+pub mod operations;
 pub mod processor;
 pub mod producer;
 pub mod report;

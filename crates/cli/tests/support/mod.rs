@@ -929,3 +929,75 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs a crmflow operator command (`replay`, `diff`, `reset`, …) to its end, configured like
+/// [`Processor::start`]'s `crmflow run` (exactly-once): same broker, topics, state directory and
+/// application id.
+pub fn operate(
+    broker: &Broker,
+    topics: &Topics,
+    state_dir: &Path,
+    application_id: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = crmflow_command(CRMFLOW);
+    command
+        .args(args)
+        .env("CRMFLOW_BROKERS", &broker.address)
+        .env("CRMFLOW_STATE_DIR", state_dir)
+        .env("CRMFLOW_APPLICATION_ID", application_id)
+        .env("CRMFLOW_PROCESSING_GUARANTEE", Guarantee::ExactlyOnce.as_str())
+        .env("CRMFLOW_MAX_WAIT_MS", "1000")
+        .env("CRMFLOW_STARTUP_TIMEOUT_MS", "20000")
+        .env("CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+        .stdin(Stdio::null());
+    for (k, v) in topics.env() {
+        command.env(k, v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = command
+        .stdout(fs::File::create(&stdout).unwrap())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("starting crmflow");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "crmflow {args:?} did not finish within 180 s:\n{}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output { status, stdout: fs::read(&stdout).unwrap(), stderr: fs::read(&stderr).unwrap() }
+}
+
+/// The committed offsets of `group` on every input partition of `topics` (-1: none).
+pub fn committed_inputs(broker: &Broker, topics: &Topics, group: &str) -> BTreeMap<(String, i32), i64> {
+    let consumer = reader(&broker.address, group);
+    let mut wanted = TopicPartitionList::new();
+    for (_, topic) in topics.names.inputs() {
+        for partition in 0..topics.partitions {
+            wanted.add_partition(topic, partition);
+        }
+    }
+    let committed = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            ((e.topic().to_owned(), e.partition()), offset)
+        })
+        .collect()
+}
