@@ -33,6 +33,10 @@ pub fn router(status: Status) -> Router {
         .route("/v1/companies/{company}/integrations/{integration}/users", get(users))
         .route("/v1/companies/{company}/integrations/{integration}/users/{crm_user_id}", get(user))
         .route("/v1/companies/{company}/integrations/{integration}/activities/{activity_id}", get(activity))
+        .route(
+            "/v1/companies/{company}/integrations/{integration}/records/{object_type}/{object_id}/explain",
+            get(explain),
+        )
         .fallback(|| async {
             ApiError::NotFound("no such endpoint: see /healthz, /readyz, /metrics, /v1/companies/…".into())
         })
@@ -168,6 +172,28 @@ async fn activity(
             })?;
             let activity = Activity { activity_id: activity_id.clone(), entry };
             Ok(Json(json!({ "company_id": company_id, "integration_id": integration_id, "activity": activity })))
+        })?
+    })
+    .await
+}
+
+async fn explain(
+    State(status): State<Status>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path((company_id, integration_id, object_type, object_id)) = path.map_err(bad_path)?;
+    no_more(parameters(query)?)?;
+    blocking(move || {
+        status.query(|stores| {
+            let store = integration_store(stores, &company_id, &integration_id)?;
+            let kept = store.explanation(&company_id, &integration_id, &object_type, &object_id)?.ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no decision about {object_type} `{object_id}` is kept here: none was made yet, or it is older \
+                     than the last `explain_capacity` traces, or it predates this instance's restore of the store"
+                ))
+            })?;
+            Ok(Json(json!({ "explanation": kept.explanation })))
         })?
     })
     .await

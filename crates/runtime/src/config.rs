@@ -58,6 +58,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How many processed CRM event ids each partition remembers, to drop resends.
     pub seen_capacity: usize,
+    /// How many CRM records' last decision traces each partition keeps for the explain query
+    /// (the oldest are forgotten first); 0 keeps none and skips tracing.
+    pub explain_capacity: usize,
     /// How long to wait for the brokers at start before giving up, in milliseconds.
     pub startup_timeout_ms: u64,
     /// Replication factor of output topics crmflow creates (-1: the broker's default).
@@ -88,6 +91,7 @@ impl Default for Config {
             max_wait_ms: 500,
             state_dir: PathBuf::from("state"),
             seen_capacity: crmflow_domain::state::DEFAULT_SEEN_CAPACITY,
+            explain_capacity: 10_000,
             startup_timeout_ms: 30_000,
             replication_factor: -1,
             topics: TopicNames::default(),
@@ -133,8 +137,14 @@ pub enum ConfigError {
 const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// Keys whose environment overrides are numbers.
-const NUMERIC_KEYS: [&str; 5] =
-    ["commit_interval_ms", "max_wait_ms", "seen_capacity", "startup_timeout_ms", "replication_factor"];
+const NUMERIC_KEYS: [&str; 6] = [
+    "commit_interval_ms",
+    "max_wait_ms",
+    "seen_capacity",
+    "explain_capacity",
+    "startup_timeout_ms",
+    "replication_factor",
+];
 
 /// librdkafka properties crmflow sets itself; setting them by hand would break its guarantees.
 const MANAGED_KAFKA_KEYS: [&str; 7] = [

@@ -1,5 +1,5 @@
 //! The consumer's side: its context, with the rebalance callbacks into the [`Engine`] and the
-//! lag statistics (per partition, into the [`Status`]).
+//! end offsets the client reports (for the lag, into the [`Status`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,21 +16,24 @@ use crate::status::Status;
 pub struct InputContext {
     /// The processing state, shared with the loop (which never holds it while polling).
     pub engine: Arc<Mutex<Engine>>,
-    /// Where the lag per partition goes, for the metrics.
+    /// Where the input partitions' end offsets go, for the lag.
     pub status: Status,
 }
 
 impl ClientContext for InputContext {
     fn stats(&self, statistics: Statistics) {
-        // The client reports every partition it fetches; -1 means it does not know yet.
-        let lag: BTreeMap<(String, i32), i64> = statistics
+        // The client reports every partition it fetches; below 0 means it does not know yet.
+        // Its own `consumer_lag` counts from offsets this consumer committed, which under
+        // exactly_once it never does (the producer's transaction does): only the end offsets are
+        // taken here, and the lag is counted from the engine's commits.
+        let ends: BTreeMap<(String, i32), i64> = statistics
             .topics
             .values()
             .flat_map(|t| t.partitions.values().map(move |p| (t, p)))
-            .filter(|(_, p)| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|(t, p)| ((t.topic.clone(), p.partition), p.consumer_lag))
+            .filter(|(_, p)| p.partition >= 0 && p.hi_offset >= 0)
+            .map(|(t, p)| ((t.topic.clone(), p.partition), p.hi_offset))
             .collect();
-        self.status.set_lag(lag);
+        self.status.set_end_offsets(ends);
     }
 }
 

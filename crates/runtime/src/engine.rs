@@ -836,7 +836,7 @@ impl Engine {
     }
 
     /// The counters, the membership and the assigned partitions at once, for operators.
-    pub fn view(&self, lag: i64) -> EngineView {
+    pub fn view(&self, lag: i64, committed: BTreeMap<(String, i32), i64>) -> EngineView {
         let restoring = self.restoring.iter().map(|(&partition, pending)| PartitionStatus {
             partition,
             state: PartitionState::Restoring,
@@ -851,7 +851,17 @@ impl Engine {
         });
         let mut partitions: Vec<PartitionStatus> = restoring.chain(processing).collect();
         partitions.sort_by_key(|p| p.partition);
-        EngineView { counters: self.counters(lag), membership: self.membership, partitions }
+        EngineView { counters: self.counters(lag), membership: self.membership, partitions, committed }
+    }
+
+    /// The next offset committed per input topic partition of the tasks (for the lag).
+    pub fn committed_offsets(&self) -> BTreeMap<(String, i32), i64> {
+        self.tasks
+            .iter()
+            .flat_map(|(&partition, task)| {
+                task.committed_offsets().map(move |(topic, next)| ((topic.to_owned(), partition), next))
+            })
+            .collect()
     }
 
     /// The stores of the partitions being processed, for queries over committed state.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
-use crmflow_domain::{decide, InputEvent, InputStream, Tally};
+use crmflow_domain::{decide, explain, Explanation, InputEvent, InputStream, Tally};
 use crmflow_store::{ChangelogRecord, InputPosition, StateStore};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -312,8 +312,20 @@ impl PartitionTask {
             }
         };
         let partition = self.partition;
-        let decision = decide(&self.store, &event).map_err(|source| ProcessError::Store { partition, source })?;
-        self.store.stage(&decision.changes).map_err(|source| ProcessError::Store { partition, source })?;
+        let store_error = |source| ProcessError::Store { partition, source };
+        let decision = if config.explain_capacity > 0 {
+            let (decision, explanation) = explain(&self.store, &event).map_err(store_error)?;
+            // A resend decides nothing: the record's last decision stays the one to explain.
+            if let Explanation::CrmRecordChanged(trace) = &explanation {
+                if !trace.duplicate {
+                    self.store.stage_explanation(trace, config.explain_capacity).map_err(store_error)?;
+                }
+            }
+            decision
+        } else {
+            decide(&self.store, &event).map_err(store_error)?
+        };
+        self.store.stage(&decision.changes).map_err(store_error)?;
         if replaying {
             return Ok(());
         }
@@ -353,6 +365,12 @@ impl PartitionTask {
     /// behind the store's.
     pub fn has_processed(&self) -> bool {
         !self.processed.is_empty() || !self.ahead_of_group.is_empty()
+    }
+
+    /// The next offset per input topic that the last RocksDB batch (and so the last commit)
+    /// reflects: the group's committed offsets, as far as this task knows.
+    pub fn committed_offsets(&self) -> impl Iterator<Item = (&str, i64)> + '_ {
+        self.stored.iter().map(|(topic, next)| (topic.as_str(), *next))
     }
 
     /// The partition's store (for queries over its committed state).

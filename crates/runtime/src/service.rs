@@ -99,7 +99,7 @@ pub fn run(
         engine.abandon();
     }
     result?;
-    let counters = engine.counters(status.total_lag());
+    let counters = engine.counters(status.total_lag(&engine.committed_offsets()));
     tracing::info!("stopped after committing: {}", counters.summary());
     Ok(counters)
 }
@@ -157,7 +157,7 @@ fn process_until_stopped(
             Err(e) => return Err(e),
         }
         if last_report.elapsed() >= watch.report_every {
-            let counters = engine.counters(watch.status.total_lag());
+            let counters = engine.counters(watch.status.total_lag(&engine.committed_offsets()));
             let samples = engine.take_samples();
             drop(engine);
             observer.report(&counters, samples);

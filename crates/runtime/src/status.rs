@@ -122,6 +122,16 @@ pub struct EngineView {
     pub membership: Membership,
     /// The assigned partitions.
     pub partitions: Vec<PartitionStatus>,
+    /// The next offset committed per input topic partition processed here.
+    pub committed: BTreeMap<(String, i32), i64>,
+}
+
+/// The lag per partition: end offset minus committed offset, for partitions with both known.
+pub fn consumer_lag(
+    ends: &BTreeMap<(String, i32), i64>,
+    committed: &BTreeMap<(String, i32), i64>,
+) -> BTreeMap<(String, i32), i64> {
+    committed.iter().filter_map(|(key, next)| ends.get(key).map(|end| (key.clone(), (end - next).max(0)))).collect()
 }
 
 /// A handle on the running processor's status, shared by the loop and the HTTP server.
@@ -137,8 +147,8 @@ struct Shared {
     group: Mutex<String>,
     // Weak: the engine (and with it the stores and the producer) closes when `run` returns.
     engine: Mutex<Weak<Mutex<Engine>>>,
-    // Consumer lag per input topic partition, as the client last reported it.
-    lag: Mutex<BTreeMap<(String, i32), i64>>,
+    // End offsets (high watermarks) per input topic partition, as the client last reported them.
+    end_offsets: Mutex<BTreeMap<(String, i32), i64>>,
     timings: Timings,
 }
 
@@ -177,14 +187,20 @@ impl Status {
         *guard(&self.shared.group) = group.to_owned();
     }
 
-    /// Records the consumer lag per input topic partition (from the client's statistics).
-    pub(crate) fn set_lag(&self, lag: BTreeMap<(String, i32), i64>) {
-        *guard(&self.shared.lag) = lag;
+    /// Records the end offsets of the input partitions (from the client's statistics).
+    pub(crate) fn set_end_offsets(&self, ends: BTreeMap<(String, i32), i64>) {
+        *guard(&self.shared.end_offsets) = ends;
     }
 
-    /// Input records not yet consumed, summed over the assigned partitions (-1 until known).
-    pub fn total_lag(&self) -> i64 {
-        let lag = guard(&self.shared.lag);
+    /// The lag per input topic partition given the offsets committed for them: records after
+    /// the committed offset, up to the end offset last reported (as kafka_exporter counts it).
+    pub fn lag(&self, committed: &BTreeMap<(String, i32), i64>) -> BTreeMap<(String, i32), i64> {
+        consumer_lag(&guard(&self.shared.end_offsets), committed)
+    }
+
+    /// The lag summed over the partitions given (-1 while no end offset is known).
+    pub fn total_lag(&self, committed: &BTreeMap<(String, i32), i64>) -> i64 {
+        let lag = self.lag(committed);
         if lag.is_empty() {
             -1
         } else {
@@ -198,9 +214,9 @@ impl Status {
 
     fn engine_view(&self) -> Option<EngineView> {
         let engine = self.engine()?;
-        let lag = self.total_lag();
-        let view = lock(&engine).view(lag);
-        Some(view)
+        let engine = lock(&engine);
+        let committed = engine.committed_offsets();
+        Some(engine.view(self.total_lag(&committed), committed))
     }
 
     /// Whether the processor is ready, and why not.
@@ -261,8 +277,8 @@ impl Status {
         );
         // One lock at a time: a guard kept in a temporary would still be held below.
         let group = guard(&self.shared.group).clone();
-        let lag = guard(&self.shared.lag).clone();
         let view = self.engine_view();
+        let lag = view.as_ref().map(|v| self.lag(&v.committed)).unwrap_or_default();
         let snapshot = Snapshot { group, lag, view };
         registry.register_collector(Box::new(snapshot));
         let mut text = String::new();
@@ -404,5 +420,34 @@ impl Collector for Snapshot {
 impl std::fmt::Debug for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Status").field("phase", &self.phase()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(entries: &[(&str, i32, i64)]) -> BTreeMap<(String, i32), i64> {
+        entries.iter().map(|(t, p, o)| ((t.to_string(), *p), *o)).collect()
+    }
+
+    #[test]
+    fn lag_counts_from_the_committed_offset_where_both_are_known() {
+        let ends = offsets(&[("crm", 0, 10), ("crm", 1, 5), ("teams", 0, 3)]);
+        let committed = offsets(&[("crm", 0, 7), ("crm", 1, 6), ("settings", 0, 2)]);
+        // A committed offset past the reported end (reported before the last records) is no lag.
+        assert_eq!(consumer_lag(&ends, &committed), offsets(&[("crm", 0, 3), ("crm", 1, 0)]));
+    }
+
+    #[test]
+    fn a_starting_processor_is_not_ready_and_says_so() {
+        let status = Status::new();
+        let readiness = status.readiness();
+        assert!(!readiness.ready);
+        assert!(readiness.reason.is_some_and(|r| r.starts_with("starting")));
+        assert!(status.query(|stores| stores.len()).is_err(), "no stores to ask yet");
+        let text = status.metrics_text().expect("encodes");
+        assert!(text.contains("# TYPE crmflow_processing_latency_seconds histogram"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

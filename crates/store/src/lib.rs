@@ -19,6 +19,11 @@
 //! | `seen_order`   | sequence number, big-endian `u64`     | the `seen` key it remembered   |
 //! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
 //! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
+//! | `explanations` | company, integration, object type, id | sequence (`u64`) + trace (JSON) |
+//! | `explanation_order` | sequence number, big-endian `u64` | the `explanations` key        |
+//!
+//! The two `explanation` families keep each CRM record's last decision trace, bounded like the
+//! seen ids, for the explain query. They are local: never written to the changelog.
 //!
 //! Keys join the identifying strings with a `0x00` byte, company first, so all keys
 //! of a company are adjacent. Values are `serde_json` of the domain types: simple to
@@ -62,4 +67,4 @@ mod store;
 
 pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
-pub use store::{InputPosition, ProvisionedUser, StateStore, StoreOptions};
+pub use store::{InputPosition, KeptExplanation, ProvisionedUser, StateStore, StoreOptions};

@@ -62,6 +62,8 @@ pub struct StateStore {
     // Committed integrations only, never staged ones: discarding the stage then needs
     // no cache repair. A Mutex (not RefCell) keeps the store `Sync`.
     cache: Mutex<IntegrationCache>,
+    // The kept traces' sequence numbers, staged ones included; read from disk when first needed.
+    trace_window: Option<explanations::TraceWindow>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -94,6 +96,7 @@ impl StateStore {
             seen_capacity: u64::try_from(options.seen_capacity.max(1)).unwrap_or(u64::MAX),
             staged: Default::default(),
             cache: Mutex::new(IntegrationCache::new(options.cache_capacity)),
+            trace_window: None,
         })
     }
 
@@ -182,6 +185,7 @@ impl StateStore {
     /// Drops staged writes (e.g. after a failed transaction); reads see the committed state.
     pub fn discard_staged(&mut self) {
         self.staged = Default::default();
+        self.trace_window = None;
     }
 
     /// The committed input positions (next offset to read), ordered by topic and partition.
@@ -207,6 +211,7 @@ impl StateStore {
     pub fn changelog_records(&self, positions: &[InputPosition]) -> Result<Vec<ChangelogRecord>, StoreError> {
         let mut records: Vec<ChangelogRecord> = Family::ALL
             .into_iter()
+            .filter(|family| family.changelogged())
             .flat_map(|family| {
                 self.staged[family.index()].iter().map(move |(key, value)| ChangelogRecord {
                     key: changelog::record_key(family, key),
@@ -278,7 +283,7 @@ impl StateStore {
         };
         let (name, key) = changelog::split_key(record_key).ok_or_else(|| unknown(record_key))?;
         let family = std::str::from_utf8(name).ok().and_then(Family::from_name).ok_or_else(|| unknown(name))?;
-        if family == Family::Meta && key == encoding::CHANGELOG_NEXT {
+        if (family == Family::Meta && key == encoding::CHANGELOG_NEXT) || !family.changelogged() {
             // Local bookkeeping never belongs in a changelog.
             return Err(unknown(record_key));
         }
@@ -444,8 +449,8 @@ impl StateStore {
             Family::Meta if key.starts_with(encoding::POSITION_PREFIX) => {
                 self.decode::<InputPosition>(family, key, value).map(drop)
             }
-            // Presence markers and stored keys: any bytes will do.
-            Family::Seen | Family::SeenOrder | Family::Meta => Ok(()),
+            // Presence markers and stored keys: any bytes will do (local families never come).
+            Family::Seen | Family::SeenOrder | Family::Meta | Family::Explanations | Family::ExplanationOrder => Ok(()),
         }
     }
 
@@ -544,8 +549,10 @@ impl IntegrationCache {
     }
 }
 
+mod explanations;
 mod queries;
 
+pub use explanations::KeptExplanation;
 pub use queries::ProvisionedUser;
 
 #[cfg(test)]

@@ -634,3 +634,51 @@ fn activities_of_a_user_come_latest_first_and_bounded() {
     let ids: Vec<String> = store.activities_of("acme", "u1", 2).expect("reads").into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, ["a2", "a4"]);
 }
+
+fn trace(object_id: &str, event_id: &str) -> crmflow_domain::CrmChangeExplanation {
+    crmflow_domain::CrmChangeExplanation {
+        event_id: event_id.into(),
+        company_id: "acme".into(),
+        integration_id: "sf".into(),
+        object_type: "Opportunity".into(),
+        object_id: object_id.into(),
+        operation: crmflow_domain::Operation::Updated,
+        duplicate: false,
+        workflows: Vec::new(),
+    }
+}
+
+fn kept(store: &StateStore, object_id: &str) -> Option<String> {
+    store.explanation("acme", "sf", "Opportunity", object_id).expect("reads").map(|k| k.explanation.event_id)
+}
+
+#[test]
+fn the_last_trace_per_record_is_kept_bounded_and_never_changelogged() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store.stage_explanation(&trace("o1", "e1"), 2).expect("stages");
+    assert_eq!(kept(&store, "o1"), None, "staged traces are not answered");
+    assert!(store.changelog_records(&[]).expect("lists").is_empty(), "traces stay local");
+    store.commit(&[], None).expect("commits");
+    assert_eq!(kept(&store, "o1").as_deref(), Some("e1"));
+
+    // o1 traced again: its newer trace survives when its first sequence number is forgotten.
+    store.stage_explanation(&trace("o2", "e2"), 2).expect("stages");
+    store.stage_explanation(&trace("o1", "e3"), 2).expect("stages");
+    store.commit(&[], None).expect("commits");
+    assert_eq!(kept(&store, "o1").as_deref(), Some("e3"));
+    assert_eq!(kept(&store, "o2").as_deref(), Some("e2"));
+
+    // A discarded trace takes no sequence number; a reopened store goes on where it was.
+    store.stage_explanation(&trace("o9", "e9"), 2).expect("stages");
+    store.discard_staged();
+    drop(store);
+    let mut store = open(&dir);
+    store.stage_explanation(&trace("o3", "e4"), 2).expect("stages");
+    store.commit(&[], None).expect("commits");
+    assert_eq!(kept(&store, "o9"), None);
+    assert_eq!(kept(&store, "o2"), None, "the oldest is forgotten beyond the capacity");
+    assert_eq!(kept(&store, "o1").as_deref(), Some("e3"));
+    assert_eq!(kept(&store, "o3").as_deref(), Some("e4"));
+    assert_eq!(store.explanation("acme", "sf", "Opportunity", "o3").expect("reads").map(|k| k.sequence), Some(3));
+}
