@@ -153,7 +153,7 @@ fn operators_query_a_running_processor() {
 
     // Other companies, unknown names and bad parameters.
     let unknown = get_json(&address, "/v1/companies/acme2/integrations/sf/users", 404);
-    assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
+    assert_eq!(unknown["error"]["code"], "unknown_company", "{unknown}");
     get_json(&address, "/v1/companies/acme/integrations/hubspot/users", 404);
     get_json(&address, &format!("{base}/users/nobody"), 404);
     get_json(&address, &format!("{base}/activities/nothing"), 404);
@@ -241,4 +241,83 @@ fn metrics_equal_the_outputs_produced() {
     assert!(lag.keys().all(|labels| labels.contains("consumergroup=\"metrics\"")), "{lag:?}");
     assert!(samples(&metrics, "crmflow_state_store_bytes").len() == 4, "{metrics}");
     assert!(processor.stop().success(), "{}", processor.logs());
+}
+
+/// Two instances split the partitions, and either answers for every company: a company held by
+/// the other instance is forwarded to it. Each answer holds that company's users and no others.
+#[test]
+fn either_instance_answers_for_every_company() {
+    let broker = kafka();
+    let topics = Topics::create(broker, "http-pair", 4);
+    let state = tempfile::tempdir().unwrap();
+    let (lines, expected) = generate(4_000);
+    produce_lines(broker, &topics, &lines);
+    let addresses = [free_address(), free_address()];
+    let mut instances: Vec<Processor> = ["a", "b"]
+        .iter()
+        .zip(&addresses)
+        .map(|(id, address)| {
+            Processor::start(
+                broker,
+                &topics,
+                &state.path().join(id),
+                "http-pair",
+                Guarantee::ExactlyOnce,
+                &[("CRMFLOW_HTTP_LISTEN", address), ("CRMFLOW_INSTANCE_ID", id)],
+            )
+        })
+        .collect();
+    let [a, b] = &mut instances[..] else { unreachable!() };
+    wait_until_processed_by(broker, &topics, "http-pair", &mut [a, b], Duration::from_secs(120));
+    for address in &addresses {
+        let ready = eventually("both instances hold two partitions", Duration::from_secs(60), || {
+            let (code, body) = get(address, "/readyz")?;
+            let ready: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && ready["partitions"].as_array()?.len() == 2).then_some(ready)
+        });
+        assert_eq!(ready["ready"], true);
+    }
+
+    let mut provisioned: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for envelope in expected.iter().filter(|e| e.topic == "users.provisioned") {
+        let v = &envelope.value;
+        let key = (v["company_id"].as_str().unwrap().to_owned(), v["integration_id"].as_str().unwrap().to_owned());
+        provisioned.entry(key).or_default().push(v["crm_user_id"].as_str().unwrap().to_owned());
+    }
+    assert!(provisioned.len() > 4, "companies on every partition: {:?}", provisioned.keys());
+    let mut forwarded = 0;
+    for ((company, integration), mut crm_users) in provisioned {
+        crm_users.sort();
+        let path = format!("/v1/companies/{company}/integrations/{integration}/users");
+        for address in &addresses {
+            let answer = get_json(address, &path, 200);
+            let mut listed: Vec<String> = answer["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["crm_user_id"].as_str().unwrap().to_owned())
+                .collect();
+            listed.sort();
+            assert_eq!(listed, crm_users, "GET {path} at {address}: {answer}");
+            assert_eq!(answer["company_id"], company.as_str());
+            // Asked as a forwarded query, only the instance holding the company answers it.
+            let (code, _) = ureq::get(&format!("http://{address}{path}"))
+                .set("x-crmflow-forwarded", "1")
+                .call()
+                .map(|r| (r.status(), ()))
+                .unwrap_or_else(|e| match e {
+                    ureq::Error::Status(code, _) => (code, ()),
+                    other => panic!("{other}"),
+                });
+            if code == 404 {
+                forwarded += 1;
+            }
+        }
+    }
+    assert!(forwarded > 0, "some companies are held by the other instance");
+    let unknown = get_json(&addresses[0], "/v1/companies/nobody/integrations/sf/users", 404);
+    assert_eq!(unknown["error"]["code"], "unknown_company", "{unknown}");
+    for instance in &mut instances {
+        assert!(instance.stop().success(), "{}", instance.logs());
+    }
 }

@@ -5,15 +5,22 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+/// The error code of a company no partition here holds: the forwarding looks for it.
+pub(crate) const UNKNOWN_COMPANY: &str = "unknown_company";
+
 /// A request that cannot be answered as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is malformed (a bad parameter).
     #[error("{0}")]
     BadRequest(String),
-    /// Nothing here under that name (an unknown company, integration, user or activity).
+    /// Nothing here under that name (an unknown integration, user or activity).
     #[error("{0}")]
     NotFound(String),
+    /// No partition of this instance holds the company (another instance may: see
+    /// [`crate::forward`]).
+    #[error("company `{0}` is unknown here")]
+    UnknownCompany(String),
     /// Not answerable now (not running yet, or stopping).
     #[error("{0}")]
     Unavailable(String),
@@ -26,7 +33,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownCompany(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -36,6 +43,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::UnknownCompany(_) => UNKNOWN_COMPANY,
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -58,6 +66,10 @@ impl From<crmflow_runtime::status::NotRunning> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::UnknownCompany(_) = self {
+            response.headers_mut().insert(crate::forward::UNKNOWN_MARK, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }

@@ -5,7 +5,8 @@
 //!   the reason as JSON (Kubernetes readiness).
 //! - `GET /metrics`: Prometheus (OpenMetrics text), see [`crmflow_runtime::status`].
 //! - `GET /v1/companies/{company}/integrations/{integration}/…`: JSON queries over the committed
-//!   state of the partitions this instance holds ([`routes`]).
+//!   state of the partitions this instance holds ([`routes`]); a company held by another
+//!   instance of the group is answered by it, through this one ([`forward`]).
 //!
 //! The server runs on a thread of its own with its own small tokio runtime, so the processing
 //! loop (synchronous, librdkafka-driven) never waits for it. Queries and scrapes lock the engine
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod forward;
 pub mod routes;
 
 use std::net::SocketAddr;

@@ -40,6 +40,7 @@ pub fn router(status: Status) -> Router {
         .fallback(|| async {
             ApiError::NotFound("no such endpoint: see /healthz, /readyz, /metrics, /v1/companies/…".into())
         })
+        .layer(axum::middleware::from_fn_with_state(status.clone(), crate::forward::unknown_companies))
         .with_state(status)
 }
 
@@ -212,7 +213,7 @@ fn integration_store<'a>(
             break;
         }
     }
-    let store = holder.ok_or_else(|| ApiError::NotFound(format!("company `{company_id}` is unknown here")))?;
+    let store = holder.ok_or_else(|| ApiError::UnknownCompany(company_id.to_owned()))?;
     if store.committed_integration(company_id, integration_id)?.is_none() {
         return Err(ApiError::NotFound(format!(
             "integration `{integration_id}` of company `{company_id}` is unknown (no settings or workflows arrived)"

@@ -78,6 +78,10 @@ pub struct Config {
     /// Where the HTTP server listens (`host:port`: health, readiness, metrics, queries); empty:
     /// no HTTP server.
     pub http_listen: String,
+    /// The `host:port` other instances reach this one's HTTP server at, to forward queries about
+    /// companies it holds. Default: `http_listen`, with an all-interfaces host (`0.0.0.0`)
+    /// replaced by the address the brokers see this instance at.
+    pub http_advertised: String,
 }
 
 impl Default for Config {
@@ -100,6 +104,7 @@ impl Default for Config {
             kafka_consumer: BTreeMap::new(),
             kafka_producer: BTreeMap::new(),
             http_listen: String::new(),
+            http_advertised: String::new(),
         }
     }
 }
@@ -239,6 +244,17 @@ impl Config {
                 ),
             );
         }
+        if !self.http_advertised.is_empty()
+            && !self
+                .http_advertised
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return invalid(
+                "http_advertised",
+                format!("`{}` is not host:port, e.g. \"crmflow-0.crmflow:8080\"", self.http_advertised),
+            );
+        }
         if self.max_wait_ms > 60_000 {
             return invalid("max_wait_ms", format!("{} is above 60000", self.max_wait_ms));
         }
@@ -305,10 +321,27 @@ impl Config {
             .set("partition.assignment.strategy", "range");
         set_default(&mut config, "auto.offset.reset", "earliest");
         set_default(&mut config, "statistics.interval.ms", "5000");
+        if let Some(client_id) = self.http_client_id() {
+            config.set("client.id", client_id);
+        }
         if self.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
             config.set("isolation.level", "read_committed");
         }
         config
+    }
+
+    /// The consumer's `client.id` when it serves HTTP: it tells the other instances where to
+    /// forward queries (see [`crate::peers`]). `None` without HTTP, or when the `kafka` tables set
+    /// a `client.id` of their own (queries are then not forwarded to this instance).
+    pub fn http_client_id(&self) -> Option<String> {
+        if self.http_listen.is_empty()
+            || self.kafka.contains_key("client.id")
+            || self.kafka_consumer.contains_key("client.id")
+        {
+            return None;
+        }
+        let advertised = if self.http_advertised.is_empty() { &self.http_listen } else { &self.http_advertised };
+        Some(crate::peers::client_id(&self.instance_id, advertised))
     }
 
     /// The consumer that restores state stores from their changelog: no group (it is assigned

@@ -17,6 +17,7 @@
 //!   the operator commands (`crmflow replay`, `diff`, `reset`).
 //! - [`dev_broker`]: librdkafka's mock cluster as a standalone broker for development and tests.
 //! - [`status`]: readiness, metrics and the stores for queries, read by the HTTP server;
+//!   [`peers`]: the other instances' HTTP addresses, from the consumer group;
 //!   [`report`]: counters and sample events for the log; [`shutdown`]: the stop signal.
 #![deny(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod merge;
 pub mod operations;
+pub mod peers;
 pub mod processor;
 pub mod producer;
 pub mod report;

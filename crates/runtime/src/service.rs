@@ -14,6 +14,7 @@ use crate::config::{Config, ProcessingGuarantee};
 use crate::consumer::InputContext;
 use crate::engine::{lock, now_ms, Changelog, Engine};
 use crate::error::RunError;
+use crate::peers::Peers;
 use crate::producer::DeliveryTracker;
 use crate::report::Counters;
 use crate::setup;
@@ -81,6 +82,7 @@ pub fn run(
     let engine =
         Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples, status.timings().clone())));
     status.attach(&engine, &config.application_id);
+    status.set_peers(Peers::new(&config)?);
     let context = InputContext { engine: engine.clone(), status: status.clone() };
     let consumer: BaseConsumer<InputContext> = config
         .consumer_config()

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crmflow_store::StateStore;
 
 use crate::engine::{lock, Engine};
+use crate::peers::Peers;
 use crate::report::Counters;
 
 /// Where the processor is in its life.
@@ -147,6 +148,8 @@ struct Shared {
     group: Mutex<String>,
     // Weak: the engine (and with it the stores and the producer) closes when `run` returns.
     engine: Mutex<Weak<Mutex<Engine>>>,
+    // The group's other instances, when this one serves HTTP.
+    peers: Mutex<Option<Arc<Peers>>>,
     // End offsets (high watermarks) per input topic partition, as the client last reported them.
     end_offsets: Mutex<BTreeMap<(String, i32), i64>>,
     timings: Timings,
@@ -185,6 +188,15 @@ impl Status {
     pub(crate) fn attach(&self, engine: &Arc<Mutex<Engine>>, group: &str) {
         *guard(&self.shared.engine) = Arc::downgrade(engine);
         *guard(&self.shared.group) = group.to_owned();
+    }
+
+    pub(crate) fn set_peers(&self, peers: Option<Peers>) {
+        *guard(&self.shared.peers) = peers.map(Arc::new);
+    }
+
+    /// The group's other instances, to forward queries about companies held elsewhere.
+    pub fn peers(&self) -> Option<Arc<Peers>> {
+        guard(&self.shared.peers).clone()
     }
 
     /// Records the end offsets of the input partitions (from the client's statistics).
