@@ -554,8 +554,8 @@ fn stop_when_caught_up(
             .map(|(k, e)| (k.clone(), *e))
             .collect();
         still = if last.as_ref() == Some(&committed) { still + 1 } else { 0 };
+        let done = behind.is_empty() || (still >= 4 && nothing_left(ops, &committed, &behind));
         last = Some(committed);
-        let done = behind.is_empty() || (still >= 4 && nothing_left(ops, last.as_ref().unwrap(), &behind));
         if done {
             tracing::info!("caught up with the inputs' end offsets taken at start; stopping");
             caught_up.store(true, Ordering::SeqCst);

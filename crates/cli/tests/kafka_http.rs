@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
@@ -32,18 +32,6 @@ fn get_json(address: &str, path: &str, status: u16) -> Value {
     let (code, body) = get(address, path).unwrap_or_else(|| panic!("nothing listens at {address}"));
     assert_eq!(code, status, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {body}"))
-}
-
-/// Polls `probe` every 100 ms until it returns something, or fails after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The samples of one metric family: label set (as written) → value.
@@ -93,13 +81,13 @@ fn operators_query_a_running_processor() {
     );
 
     // The server answers before the processor has joined its group: not ready, and why.
-    let (code, body) = eventually("the HTTP server answers", Duration::from_secs(30), || get(&address, "/readyz"));
+    let (code, body) = wait_for("the HTTP server answers", Duration::from_secs(30), || get(&address, "/readyz"));
     assert_eq!(code, 503, "ready before joining the group: {body}\n{}", processor.logs());
     let first: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(first["ready"], false);
     assert!(first["reason"].as_str().is_some_and(|r| !r.is_empty()), "{first}");
     assert_eq!(get_json(&address, "/healthz", 200)["status"], "ok");
-    let ready = eventually("ready", Duration::from_secs(60), || {
+    let ready = wait_for("ready", Duration::from_secs(60), || {
         let (code, body) = get(&address, "/readyz")?;
         (code == 200).then_some(body)
     });
@@ -233,7 +221,7 @@ fn metrics_equal_the_outputs_produced() {
     assert_eq!(latency, published_outputs, "one latency per published output and dead letter:\n{metrics}");
 
     // The client reports end offsets every 5 s: the lag of each input partition comes to 0.
-    let lag = eventually("the lag of every input partition is reported as 0", Duration::from_secs(30), || {
+    let lag = wait_for("the lag of every input partition is reported as 0", Duration::from_secs(30), || {
         let (_, metrics) = get(&address, "/metrics")?;
         let lag = samples(&metrics, "kafka_consumergroup_lag");
         (lag.len() == 3 * 4 && lag.values().all(|n| *n == 0.0)).then_some(lag)
@@ -270,7 +258,7 @@ fn either_instance_answers_for_every_company() {
     let [a, b] = &mut instances[..] else { unreachable!() };
     wait_until_processed_by(broker, &topics, "http-pair", &mut [a, b], Duration::from_secs(120));
     for address in &addresses {
-        let ready = eventually("both instances hold two partitions", Duration::from_secs(60), || {
+        let ready = wait_for("both instances hold two partitions", Duration::from_secs(60), || {
             let (code, body) = get(address, "/readyz")?;
             let ready: Value = serde_json::from_str(&body).ok()?;
             (code == 200 && ready["partitions"].as_array()?.len() == 2).then_some(ready)

@@ -248,13 +248,7 @@ impl Operations {
         if existing.is_empty() {
             return Ok(Vec::new());
         }
-        let admin: AdminClient<DefaultClientContext> =
-            self.config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
-        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
+        let (admin, options, runtime) = self.admin()?;
         let results = runtime
             .block_on(admin.delete_topics(&existing, &options))
             .map_err(kafka(format!("deleting topics {existing:?}")))?;
@@ -283,6 +277,20 @@ impl Operations {
         Ok(existing.into_iter().map(str::to_owned).collect())
     }
 
+    /// An admin client, its request options, and a runtime to wait for its futures on.
+    fn admin(
+        &self,
+    ) -> Result<(AdminClient<DefaultClientContext>, AdminOptions, tokio::runtime::Runtime), OperationError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
+        Ok((admin, options, runtime))
+    }
+
     /// Creates `topic` with `partitions` partitions and topic `settings`; it must not exist.
     pub fn create_topic(
         &mut self,
@@ -291,17 +299,11 @@ impl Operations {
         settings: &[(&str, &str)],
     ) -> Result<(), OperationError> {
         use rdkafka::admin::{NewTopic, TopicReplication};
-        let admin: AdminClient<DefaultClientContext> =
-            self.config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
         let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.config.replication_factor));
         for (key, value) in settings {
             new = new.set(key, value);
         }
-        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
+        let (admin, options, runtime) = self.admin()?;
         let results = runtime
             .block_on(admin.create_topics(&[new], &options))
             .map_err(kafka(format!("creating topic `{topic}`")))?;
