@@ -10,6 +10,8 @@ BROKERS ?=
 BROKER ?= kafka
 # Events per second of the demo stream.
 RATE ?= 20
+# Where `make run`'s HTTP server (health, readiness, metrics, queries) listens.
+HTTP_LISTEN ?= 127.0.0.1:8080
 # Arguments of the end-to-end benchmark (`crmflow-bench --help`), e.g. BENCH_ARGS="--events 50000".
 BENCH_ARGS ?=
 
@@ -36,7 +38,7 @@ test: lint unit
 
 run: deps
 	cargo build -p crmflow
-	BROKERS=$(BROKERS) BROKER=$(BROKER) RATE=$(RATE) deploy/scripts/run-local.sh $(CRMFLOW)
+	BROKERS=$(BROKERS) BROKER=$(BROKER) RATE=$(RATE) HTTP_LISTEN=$(HTTP_LISTEN) deploy/scripts/run-local.sh $(CRMFLOW)
 
 simulate: deps
 	cargo build -p crmflow

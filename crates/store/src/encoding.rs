@@ -22,9 +22,11 @@ pub(crate) enum Family {
     Teams,
     /// `company \0 activity` → [`crmflow_domain::LedgerEntry`].
     Ledger,
-    /// `company \0 event` → empty; presence is the fact.
+    /// `company \0 event` → the sequence number it was remembered with (big-endian `u64`);
+    /// presence is the fact. Stores before the changelog's lean format hold it empty.
     Seen,
-    /// sequence (big-endian `u64`) → the `seen` key remembered with it.
+    /// sequence (big-endian `u64`) → the `seen` key remembered with it. Local: a restore rebuilds
+    /// it from the `seen` values, which halves the changelog records a CRM change costs.
     SeenOrder,
     /// Input positions and the seen-id counters.
     Meta,
@@ -68,7 +70,13 @@ impl Family {
     /// Whether its writes go to the changelog. Traces are diagnostics: restoring them would
     /// double the changelog's traffic for no decision's sake.
     pub(crate) fn changelogged(self) -> bool {
-        !matches!(self, Family::Explanations | Family::ExplanationOrder)
+        !matches!(self, Family::SeenOrder | Family::Explanations | Family::ExplanationOrder)
+    }
+
+    /// Whether a changelog record of this family is restored. `seen_order` is not written any
+    /// more, but changelogs from before still hold its records.
+    pub(crate) fn restorable(self) -> bool {
+        self.changelogged() || self == Family::SeenOrder
     }
 
     /// The family with this column family name, if it is one of ours.

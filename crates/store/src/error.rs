@@ -120,6 +120,14 @@ pub enum StoreError {
         /// Why.
         source: rocksdb::Error,
     },
+    /// Flushing restored records to disk failed.
+    #[error("cannot flush state store at {} to disk: {source}", path.display())]
+    Flush {
+        /// The store's directory.
+        path: PathBuf,
+        /// Why.
+        source: rocksdb::Error,
+    },
     /// A changelog record names a column family this store does not have.
     #[error("changelog record for unknown column family `{family}` (key `{key}`) in state store at {}", path.display())]
     UnknownFamily {

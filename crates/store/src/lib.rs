@@ -15,8 +15,8 @@
 //! | `accounts`     | company, integration, CRM user        | [`crmflow_domain::Account`]     |
 //! | `teams`        | company, user                         | team id (JSON string)          |
 //! | `ledger`       | company, activity                     | [`crmflow_domain::LedgerEntry`] |
-//! | `seen`         | company, event id                     | empty (presence is the fact)   |
-//! | `seen_order`   | sequence number, big-endian `u64`     | the `seen` key it remembered   |
+//! | `seen`         | company, event id                     | its sequence number (`u64`)    |
+//! | `seen_order`   | sequence number, big-endian `u64`     | the `seen` key (local, rebuilt on restore) |
 //! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
 //! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
 //! | `explanations` | company, integration, object type, id | sequence (`u64`) + trace (JSON) |

@@ -236,22 +236,24 @@ impl StateStore {
     /// Applies a changelog record read back from Kafka (restore), bypassing decisions and the
     /// stage. Refuses records that are not a store write, or whose value does not decode.
     ///
-    /// Not synced on its own, since a restore writes many records; RocksDB keeps them in write
-    /// order, so after a crash the store holds a prefix of what was restored, and
-    /// [`StateStore::restored_until`] marks how far that prefix goes.
+    /// Written without RocksDB's log, since a restore writes many records: after a crash the
+    /// store holds what [`StateStore::restored_until`] last marked (it flushes first), plus
+    /// perhaps some later records, which restoring again from the mark writes once more in order.
     pub fn restore(&mut self, record_key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         self.restore_all([(record_key, value)])
     }
 
     /// Applies changelog records read back from Kafka, in order, as one RocksDB batch (a restore
     /// applies many), checking each as [`StateStore::restore`] does; nothing of the batch is
-    /// written if one record is refused. Not synced, like [`StateStore::restore`].
+    /// written if one record is refused. Without the log, like [`StateStore::restore`].
     pub fn restore_all<'a>(
         &mut self,
         records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let mut integrations = Vec::new();
+        // Sequence numbers of the seen ids this batch remembers, for a forget later in the batch.
+        let mut sequences: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for (record_key, value) in records {
             let (family, key) = self.restored_key(record_key)?;
             if let Some(value) = value {
@@ -262,14 +264,53 @@ impl StateStore {
                 Some(value) => batch.put_cf(cf, key, value),
                 None => batch.delete_cf(cf, key),
             }
-            if family == Family::Integrations {
-                integrations.push(key.to_vec());
+            match family {
+                Family::Integrations => integrations.push(key.to_vec()),
+                Family::Seen => self.restore_seen_order(&mut batch, &mut sequences, key, value)?,
+                _ => {}
             }
         }
-        self.db.write(batch).map_err(|source| StoreError::RestoreBatch { path: self.path.clone(), source })?;
+        let mut unlogged = WriteOptions::default();
+        unlogged.disable_wal(true);
+        self.db
+            .write_opt(batch, &unlogged)
+            .map_err(|source| StoreError::RestoreBatch { path: self.path.clone(), source })?;
         let cache = self.cache.get_mut().unwrap_or_else(PoisonError::into_inner);
         for key in integrations {
             cache.invalidate(&key);
+        }
+        Ok(())
+    }
+
+    /// Keeps `seen_order` in step with a restored `seen` record: the order is not in the
+    /// changelog, the sequence number is the seen id's value.
+    fn restore_seen_order(
+        &self,
+        batch: &mut WriteBatch,
+        sequences: &mut HashMap<Vec<u8>, Vec<u8>>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let order = self.cf(Family::SeenOrder)?;
+        match value {
+            // Empty: remembered before the lean format, its order came through the changelog.
+            Some(sequence) if sequence.len() == 8 => {
+                batch.put_cf(order, sequence, key);
+                sequences.insert(key.to_vec(), sequence.to_vec());
+            }
+            Some(_) => {}
+            None => {
+                let sequence = match sequences.remove(key) {
+                    Some(sequence) => Some(sequence),
+                    None => self
+                        .db
+                        .get_cf(self.cf(Family::Seen)?, key)
+                        .map_err(|source| self.read_error(Family::Seen, key, source))?,
+                };
+                if let Some(sequence) = sequence.filter(|s| s.len() == 8) {
+                    batch.delete_cf(order, sequence);
+                }
+            }
         }
         Ok(())
     }
@@ -283,7 +324,7 @@ impl StateStore {
         };
         let (name, key) = changelog::split_key(record_key).ok_or_else(|| unknown(record_key))?;
         let family = std::str::from_utf8(name).ok().and_then(Family::from_name).ok_or_else(|| unknown(name))?;
-        if (family == Family::Meta && key == encoding::CHANGELOG_NEXT) || !family.changelogged() {
+        if (family == Family::Meta && key == encoding::CHANGELOG_NEXT) || !family.restorable() {
             // Local bookkeeping never belongs in a changelog.
             return Err(unknown(record_key));
         }
@@ -293,6 +334,11 @@ impl StateStore {
     /// Records that the store reflects its changelog up to `next` (exclusive), so an
     /// interrupted restore resumes there; `sync` makes it durable against a machine crash.
     pub fn restored_until(&mut self, next: i64, sync: bool) -> Result<(), StoreError> {
+        // The restored records went around the log: on disk first, then the mark that counts them.
+        let families = Family::ALL.map(|family| self.cf(family)).into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.db
+            .flush_cfs_opt(&families, &rocksdb::FlushOptions::default())
+            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })?;
         let value = self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
@@ -353,7 +399,7 @@ impl StateStore {
         // two counters say how many are remembered without scanning `seen_order`.
         let next = self.counter(encoding::SEEN_NEXT)?;
         let mut oldest = self.counter(encoding::SEEN_OLDEST)?;
-        self.put_staged(Family::Seen, seen_key.clone(), Some(Vec::new()), undo);
+        self.put_staged(Family::Seen, seen_key.clone(), Some(encoding::sequence_key(next).to_vec()), undo);
         self.put_staged(Family::SeenOrder, encoding::sequence_key(next).to_vec(), Some(seen_key), undo);
         let next = next + 1;
         while next.saturating_sub(oldest) > self.seen_capacity {

@@ -682,3 +682,47 @@ fn the_last_trace_per_record_is_kept_bounded_and_never_changelogged() {
     assert_eq!(kept(&store, "o3").as_deref(), Some("e4"));
     assert_eq!(store.explanation("acme", "sf", "Opportunity", "o3").expect("reads").map(|k| k.sequence), Some(3));
 }
+
+/// The changelog carries no `seen_order`: a restore rebuilds it from the seen ids' sequence
+/// numbers, and the restored store forgets the same ids in the same order as the original.
+#[test]
+fn a_restored_store_forgets_seen_ids_in_the_same_order() {
+    let options = StoreOptions { seen_capacity: 3, ..StoreOptions::default() };
+    let source_dir = TempDir::new().expect("temp dir");
+    let mut source = open_with(&source_dir, options.clone());
+    let target_dir = TempDir::new().expect("temp dir");
+    let mut target = open_with(&target_dir, options);
+    let events = ["e1", "e2", "e3", "e4", "e5", "e6", "e7"];
+    for batch in [&events[..2], &events[2..3], &events[3..5]] {
+        let changes: Vec<StateChange> = batch.iter().map(|e| remember("acme", e)).collect();
+        source.stage(&changes).expect("stages");
+        let records = source.changelog_records(&[]).expect("lists");
+        assert!(records.iter().all(|r| !r.key.starts_with(b"seen_order")), "the order stays local");
+        source.commit(&[], None).expect("commits");
+        target.restore_all(records.iter().map(|r| (&r.key[..], r.value.as_deref()))).expect("restores");
+    }
+    for store in [&mut source, &mut target] {
+        store.stage(&[remember("acme", "e6"), remember("acme", "e7")]).expect("stages");
+        store.commit(&[], None).expect("commits");
+    }
+    for event in events {
+        assert_eq!(
+            target.has_seen("acme", event).expect("reads"),
+            source.has_seen("acme", event).expect("reads"),
+            "{event}"
+        );
+    }
+    assert!(target.has_seen("acme", "e5").expect("reads") && !target.has_seen("acme", "e4").expect("reads"));
+}
+
+/// Changelogs written before the lean format hold `seen_order` records and empty `seen` values:
+/// they still restore.
+#[test]
+fn changelogs_with_seen_order_records_still_restore() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let records: [(&[u8], Option<&[u8]>); 2] =
+        [(b"seen\0acme\0e1", Some(b"")), (b"seen_order\0\0\0\0\0\0\0\0\0", Some(b"acme\0e1"))];
+    store.restore_all(records).expect("restores");
+    assert!(store.has_seen("acme", "e1").expect("reads"));
+}
