@@ -119,6 +119,10 @@ struct Cli {
     /// crmflow's max_wait_ms in every run (crmflow's default: 500).
     #[arg(long, default_value_t = 500)]
     max_wait_ms: u64,
+    /// Further crmflow settings for every run, as `key=value` (repeatable), e.g.
+    /// `--set explain_capacity=0` to measure without decision traces.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
     /// Further max_wait_ms values to measure crmflow's latency with (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [0])]
     extra_latency_max_wait_ms: Vec<u64>,
@@ -187,12 +191,20 @@ fn main() -> Result<()> {
     };
     let run_id = format!("bench{}", now_ms() / 1000);
     let demo = demo_config(cli.companies, cli.users, cli.seed);
+    let mut extra = Vec::new();
+    for setting in &cli.settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--set {setting}: expected key=value, e.g. explain_capacity=0");
+        };
+        extra.push((format!("CRMFLOW_{}", key.trim().to_uppercase().replace('.', "__")), value.trim().to_owned()));
+    }
     let settings = |guarantee: Guarantee, max_wait_ms: u64| Settings {
         binary: binary.clone(),
         guarantee,
         commit_interval_ms: cli.commit_interval_ms,
         max_wait_ms: Some(max_wait_ms),
         session_timeout_ms: cli.session_timeout_ms,
+        extra: extra.clone(),
     };
     let commit_interval = Duration::from_millis(cli.commit_interval_ms);
 

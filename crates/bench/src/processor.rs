@@ -25,6 +25,8 @@ pub struct Settings {
     pub max_wait_ms: Option<u64>,
     /// The consumer's `session.timeout.ms`.
     pub session_timeout_ms: u64,
+    /// Further `CRMFLOW_…` settings (`--set`).
+    pub extra: Vec<(String, String)>,
 }
 
 /// A running `crmflow run`, killed on drop.
@@ -67,7 +69,7 @@ impl Instance {
         if let Some(ms) = settings.max_wait_ms {
             command.env("CRMFLOW_MAX_WAIT_MS", ms.to_string());
         }
-        for (k, v) in topics.env() {
+        for (k, v) in topics.env().into_iter().chain(settings.extra.iter().cloned()) {
             command.env(k, v);
         }
         let child = command.spawn().with_context(|| format!("starting {}", settings.binary.display()))?;

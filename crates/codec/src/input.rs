@@ -16,17 +16,92 @@ pub fn decode_input(
     payload: &[u8],
     encoding: Encoding,
 ) -> Result<InputEvent, DecodeError> {
-    let value = match encoding {
-        Encoding::Json => serde_json::from_slice::<Value>(payload)
-            .map_err(|e| DecodeError::new(ErrorKind::Undecodable, format!("value is not valid JSON: {e}")))?,
-        Encoding::Avro => SchemaRegistry::bundled().decode(payload).map_err(avro_error)?,
+    let event = match encoding {
+        Encoding::Json => parse_json(payload)?,
+        Encoding::Avro => parse_event(SchemaRegistry::bundled().decode(payload).map_err(avro_error)?)?,
     };
-    decode_input_value(stream, key, value)
+    check_event(stream, key, event)
+}
+
+/// Decodes JSON bytes straight into the event's struct: the `type` is read first without
+/// building a document tree, then the bytes are read once more as that type. Building a
+/// `serde_json::Value` first cost as much again as the typed read.
+fn parse_json(payload: &[u8]) -> Result<InputEvent, DecodeError> {
+    /// The `type` field alone; serde skips the other fields without keeping them.
+    #[derive(serde::Deserialize)]
+    struct TypeField {
+        #[serde(rename = "type", default)]
+        type_name: Option<Value>,
+    }
+    let not_json =
+        |e: serde_json::Error| DecodeError::new(ErrorKind::Undecodable, format!("value is not valid JSON: {e}"));
+    // Serde would read a struct from an array too: anything but an object is refused first.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(not_json)?;
+        return Err(DecodeError::new(ErrorKind::SchemaViolation, "value must be a JSON object with a `type` field"));
+    }
+    let probe = serde_json::from_slice::<TypeField>(payload).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            DecodeError::new(ErrorKind::SchemaViolation, "value must be a JSON object with a `type` field")
+        }
+        _ => not_json(e),
+    })?;
+    let type_name = type_of(probe.type_name.as_ref())?;
+    let typed = |e: serde_path_to_error::Error<serde_json::Error>| {
+        // Said without the byte position, as the parsed-value path (`simulate`) says it.
+        let inner = e.inner();
+        let message = inner.to_string();
+        let position = format!(" at line {} column {}", inner.line(), inner.column());
+        let message = message.strip_suffix(&position).unwrap_or(&message).to_owned();
+        schema_error(&type_name, &e.path().to_string(), message)
+    };
+    let mut json = serde_json::Deserializer::from_slice(payload);
+    let json = &mut json;
+    match type_name.as_str() {
+        "CrmRecordChanged" => serde_path_to_error::deserialize(json).map(InputEvent::CrmRecordChanged).map_err(typed),
+        "IntegrationSettingsChanged" => {
+            serde_path_to_error::deserialize(json).map(InputEvent::IntegrationSettingsChanged).map_err(typed)
+        }
+        "WorkflowSaved" => serde_path_to_error::deserialize(json).map(InputEvent::WorkflowSaved).map_err(typed),
+        "WorkflowDeleted" => serde_path_to_error::deserialize(json).map(InputEvent::WorkflowDeleted).map_err(typed),
+        "UserAssignedToTeam" => {
+            serde_path_to_error::deserialize(json).map(InputEvent::UserAssignedToTeam).map_err(typed)
+        }
+        "UserRemovedFromTeam" => {
+            serde_path_to_error::deserialize(json).map(InputEvent::UserRemovedFromTeam).map_err(typed)
+        }
+        other => Err(unknown_type(other)),
+    }
+}
+
+/// The event type named by a `type` field.
+fn type_of(field: Option<&Value>) -> Result<String, DecodeError> {
+    match field {
+        Some(Value::String(t)) => Ok(t.clone()),
+        Some(other) => Err(DecodeError::new(ErrorKind::UnknownType, format!("`type` must be a string, got {other}"))),
+        None => Err(DecodeError::new(ErrorKind::UnknownType, "the event has no `type` field")),
+    }
+}
+
+fn unknown_type(name: &str) -> DecodeError {
+    DecodeError::new(
+        ErrorKind::UnknownType,
+        format!("unknown event type `{name}` (expected one of {})", InputEvent::TYPES.join(", ")),
+    )
+}
+
+fn schema_error(type_name: &str, path: &str, message: String) -> DecodeError {
+    let at = if path == "." { String::new() } else { format!(" at `{path}`") };
+    DecodeError::new(ErrorKind::SchemaViolation, format!("{type_name}{at}: {message}"))
 }
 
 /// Checks an already-parsed JSON value against the contract (used by `simulate`).
 pub fn decode_input_value(stream: InputStream, key: Option<&[u8]>, value: Value) -> Result<InputEvent, DecodeError> {
-    let event = parse_event(value)?;
+    check_event(stream, key, parse_event(value)?)
+}
+
+/// Checks a decoded event against the contract: its topic, its own rules, its key.
+fn check_event(stream: InputStream, key: Option<&[u8]>, event: InputEvent) -> Result<InputEvent, DecodeError> {
     if event.stream() != stream {
         return Err(DecodeError::new(
             ErrorKind::WrongTopic,
@@ -57,13 +132,7 @@ fn parse_event(value: Value) -> Result<InputEvent, DecodeError> {
     let Value::Object(object) = &value else {
         return Err(DecodeError::new(ErrorKind::SchemaViolation, "value must be a JSON object with a `type` field"));
     };
-    let type_name = match object.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        Some(other) => {
-            return Err(DecodeError::new(ErrorKind::UnknownType, format!("`type` must be a string, got {other}")))
-        }
-        None => return Err(DecodeError::new(ErrorKind::UnknownType, "the event has no `type` field")),
-    };
+    let type_name = type_of(object.get("type"))?;
     // Deserializing the variant's struct directly keeps field paths in error messages.
     match type_name.as_str() {
         "CrmRecordChanged" => typed(&type_name, value).map(InputEvent::CrmRecordChanged),
@@ -72,19 +141,13 @@ fn parse_event(value: Value) -> Result<InputEvent, DecodeError> {
         "WorkflowDeleted" => typed(&type_name, value).map(InputEvent::WorkflowDeleted),
         "UserAssignedToTeam" => typed(&type_name, value).map(InputEvent::UserAssignedToTeam),
         "UserRemovedFromTeam" => typed(&type_name, value).map(InputEvent::UserRemovedFromTeam),
-        other => Err(DecodeError::new(
-            ErrorKind::UnknownType,
-            format!("unknown event type `{other}` (expected one of {})", InputEvent::TYPES.join(", ")),
-        )),
+        other => Err(unknown_type(other)),
     }
 }
 
 fn typed<T: DeserializeOwned>(type_name: &str, value: Value) -> Result<T, DecodeError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." { String::new() } else { format!(" at `{path}`") };
-        DecodeError::new(ErrorKind::SchemaViolation, format!("{type_name}{at}: {}", e.inner()))
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| schema_error(type_name, &e.path().to_string(), e.inner().to_string()))
 }
 
 fn check_key(key: Option<&[u8]>, company_id: &str) -> Result<(), DecodeError> {
@@ -151,6 +214,28 @@ mod tests {
         assert_eq!(from_avro, decode(InputStream::Teams, "c1", TEAM).unwrap());
         let not_avro = decode_input(InputStream::Teams, Some(b"c1"), TEAM.as_bytes(), Encoding::Avro);
         assert_eq!(not_avro.unwrap_err().kind, ErrorKind::Undecodable);
+    }
+
+    /// The bytes path and the parsed-value path (`simulate`'s) decide alike, errors included.
+    #[test]
+    fn bytes_and_values_decode_alike() {
+        let samples = [
+            TEAM.to_owned(),
+            TEAM.replace("UserAssignedToTeam", "Nope"),
+            TEAM.replace(r#""type":"UserAssignedToTeam""#, r#""type":7"#),
+            TEAM.replace(r#""type":"UserAssignedToTeam","#, ""),
+            r#"{"type":"UserAssignedToTeam","company_id":"c1"}"#.to_owned(),
+            r#"{"type":"CrmRecordChanged","event_id":"e","company_id":"c1","integration_id":"i","object_type":"O","object_id":"1","operation":"created","occurred_at":"2024-05-01T10:00:00Z","fields":{"Amount":2500.50,"Big":12345678901234,"S":"x","N":null,"B":true}}"#.to_owned(),
+            "[1, 2]".to_owned(),
+            r#""text""#.to_owned(),
+        ];
+        for sample in samples {
+            let value: Value = serde_json::from_str(&sample).unwrap();
+            let stream = if sample.contains("CrmRecordChanged") { InputStream::CrmChanges } else { InputStream::Teams };
+            let from_bytes = decode_input(stream, Some(b"c1"), sample.as_bytes(), Encoding::Json);
+            let from_value = decode_input_value(stream, Some(b"c1"), value);
+            assert_eq!(from_bytes, from_value, "{sample}");
+        }
     }
 
     #[test]
