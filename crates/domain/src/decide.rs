@@ -2,6 +2,7 @@
 //! explained twin, both over one code path.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::events::*;
 use crate::explain::{Effect, Explanation, Recorder, Rule, Trace, Untraced};
@@ -40,20 +41,23 @@ fn decide_traced<S: StateView, T: Trace>(state: &S, event: &InputEvent, trace: &
     match event {
         InputEvent::CrmRecordChanged(e) => decide_crm_change(state, e, trace),
         InputEvent::IntegrationSettingsChanged(e) => {
-            let mut integration = state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default();
+            let mut integration =
+                Arc::unwrap_or_clone(state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default());
             integration.crm = e.crm.clone();
             integration.auto_sync_users = e.auto_sync_users;
             trace.effect(Effect::SettingsReplaced);
             Ok(settings_decision(&e.company_id, &e.integration_id, integration))
         }
         InputEvent::WorkflowSaved(e) => {
-            let mut integration = state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default();
+            let mut integration =
+                Arc::unwrap_or_clone(state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default());
             let replaced = integration.workflows.insert(e.workflow.workflow_id.clone(), e.workflow.clone());
             trace.effect(if replaced.is_some() { Effect::WorkflowReplaced } else { Effect::WorkflowAdded });
             Ok(settings_decision(&e.company_id, &e.integration_id, integration))
         }
         InputEvent::WorkflowDeleted(e) => {
-            let mut integration = state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default();
+            let mut integration =
+                Arc::unwrap_or_clone(state.integration(&e.company_id, &e.integration_id)?.unwrap_or_default());
             if integration.workflows.remove(&e.workflow_id).is_none() {
                 trace.effect(Effect::WorkflowNotFound);
                 return Ok(Decision::default());

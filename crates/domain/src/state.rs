@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +51,9 @@ pub struct LedgerEntry {
 pub trait StateView {
     /// What a read can fail with (nothing, in memory; I/O, on disk).
     type Error;
-    /// Settings and workflows of an integration, if any ever arrived.
-    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, Self::Error>;
+    /// Settings and workflows of an integration, if any ever arrived. Shared, not copied: every
+    /// CRM change reads its integration, and copying every workflow each time showed in profiles.
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Arc<Integration>>, Self::Error>;
     /// The account of a CRM user, if provisioned.
     fn account(
         &self,
@@ -137,7 +139,7 @@ pub const DEFAULT_SEEN_CAPACITY: usize = 100_000;
 /// All projections in memory: used by `crmflow simulate` and the tests.
 #[derive(Debug, Clone)]
 pub struct MemoryState {
-    integrations: HashMap<(String, String), Integration>,
+    integrations: HashMap<(String, String), Arc<Integration>>,
     accounts: HashMap<(String, String, String), Account>,
     teams: HashMap<(String, String), String>,
     ledger: HashMap<(String, String), LedgerEntry>,
@@ -172,7 +174,7 @@ impl MemoryState {
         for change in changes {
             match change {
                 StateChange::PutIntegration { company_id, integration_id, integration } => {
-                    self.integrations.insert((company_id, integration_id), integration);
+                    self.integrations.insert((company_id, integration_id), Arc::new(integration));
                 }
                 StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
                     self.accounts.insert((company_id, integration_id, crm_user_id), account);
@@ -217,7 +219,7 @@ fn owned(parts: &[&str; 2]) -> (String, String) {
 impl StateView for MemoryState {
     type Error = Infallible;
 
-    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, Infallible> {
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Arc<Integration>>, Infallible> {
         Ok(self.integrations.get(&owned(&[company_id, integration_id])).cloned())
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crmflow_domain::state::DEFAULT_SEEN_CAPACITY;
 use crmflow_domain::{Account, Integration, LedgerEntry, StateChange, StateView};
@@ -526,16 +526,19 @@ impl StateStore {
 impl StateView for StateStore {
     type Error = StoreError;
 
-    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Integration>, StoreError> {
+    fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Arc<Integration>>, StoreError> {
         let key = encoding::key(&[company_id, integration_id]);
         if let Some(staged) = self.staged[Family::Integrations.index()].get(&key) {
-            return staged.as_deref().map(|bytes| self.decode(Family::Integrations, &key, bytes)).transpose();
+            let staged: Option<Integration> =
+                staged.as_deref().map(|bytes| self.decode(Family::Integrations, &key, bytes)).transpose()?;
+            return Ok(staged.map(Arc::new));
         }
         // Every CRM change reads its integration: keep decoded ones at hand.
         if let Some(cached) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(cached);
         }
-        let integration: Option<Integration> = self.read_committed(Family::Integrations, &key)?;
+        let integration: Option<Arc<Integration>> =
+            self.read_committed::<Integration>(Family::Integrations, &key)?.map(Arc::new);
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, integration.clone());
         Ok(integration)
     }
@@ -565,7 +568,7 @@ impl StateView for StateStore {
 /// Committed integrations (including known absences), decoded, up to a capacity.
 struct IntegrationCache {
     capacity: usize,
-    entries: HashMap<Vec<u8>, Option<Integration>>,
+    entries: HashMap<Vec<u8>, Option<Arc<Integration>>>,
 }
 
 impl IntegrationCache {
@@ -573,11 +576,11 @@ impl IntegrationCache {
         IntegrationCache { capacity, entries: HashMap::new() }
     }
 
-    fn get(&self, key: &[u8]) -> Option<Option<Integration>> {
+    fn get(&self, key: &[u8]) -> Option<Option<Arc<Integration>>> {
         self.entries.get(key).cloned()
     }
 
-    fn insert(&mut self, key: Vec<u8>, value: Option<Integration>) {
+    fn insert(&mut self, key: Vec<u8>, value: Option<Arc<Integration>>) {
         if self.capacity == 0 {
             return;
         }

@@ -116,11 +116,11 @@ fn discard_staged_keeps_only_committed_writes() {
     store
         .stage(&[put_integration("acme", "sf", "hubspot"), remember("acme", "e2"), put_team("acme", "u1", "ny")])
         .expect("stages");
-    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("hubspot"));
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm.clone()).as_deref(), Some("hubspot"));
     store.discard_staged();
 
     assert_eq!(store.changelog_records(&[]).expect("lists").len(), 0);
-    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm.clone()).as_deref(), Some("salesforce"));
     assert!(store.has_seen("acme", "e1").expect("reads"));
     assert!(!store.has_seen("acme", "e2").expect("reads"));
     assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
@@ -215,7 +215,7 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
 
     let target = open(&target_dir);
     assert_eq!(target.integration("acme", "sf").expect("reads"), source.integration("acme", "sf").expect("reads"));
-    assert_eq!(target.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("hubspot"));
+    assert_eq!(target.integration("acme", "sf").expect("reads").map(|i| i.crm.clone()).as_deref(), Some("hubspot"));
     assert_eq!(target.team_of("acme", "u1").expect("reads"), None);
     assert!(target.has_seen("acme", "e1").expect("reads"));
     assert!(target.has_seen("acme", "e2").expect("reads"));
@@ -294,10 +294,10 @@ fn committed_integration_changes_reach_cached_readers() {
     assert_eq!(store.integration("acme", "sf").expect("reads"), None, "absence gets cached");
     store.stage(&[put_integration("acme", "sf", "salesforce")]).expect("stages");
     store.commit(&[], None).expect("commits");
-    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm.clone()).as_deref(), Some("salesforce"));
     // Capacity 1: reading another integration evicts the first; both still read right.
     assert_eq!(store.integration("acme", "hs").expect("reads"), None);
-    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm).as_deref(), Some("salesforce"));
+    assert_eq!(store.integration("acme", "sf").expect("reads").map(|i| i.crm.clone()).as_deref(), Some("salesforce"));
 }
 
 /// A small stream in the shapes of `tests/scenarios/seed-walkthrough`, plus resends,
