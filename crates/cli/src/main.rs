@@ -235,10 +235,7 @@ fn main() -> Result<()> {
             run_simulate(&input, output, explain)
         }
         Command::Run { config, brokers, state_dir, processing_guarantee, watch, report_seconds, http_listen } => {
-            let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
-            if let Some(brokers) = brokers {
-                config.brokers = brokers;
-            }
+            let mut config = load_config(config.as_deref(), brokers)?;
             if let Some(dir) = state_dir {
                 config.state_dir = dir;
             }
@@ -305,11 +302,7 @@ fn main() -> Result<()> {
         }
         Command::CreateTopics { config, brokers, partitions } => {
             anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
-            let mut config = Config::load(config.as_deref(), std::env::vars()).context("invalid configuration")?;
-            if let Some(brokers) = brokers {
-                config.brokers = brokers;
-            }
-            config.validate().context("invalid configuration")?;
+            let config = load_config(config.as_deref(), brokers)?;
             let created = crmflow_runtime::setup::create_topics(&config, partitions).context("cannot create topics")?;
             eprintln!("created {} topics: {}", created.len(), created.join(", "));
             Ok(())
