@@ -19,11 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use crmflow_runtime::producer::{flush_delivered, send_waiting};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::{Broker, RunTopics};
@@ -184,7 +183,7 @@ impl Copier {
         }
         match self.guarantee {
             Guarantee::AtLeastOnce => {
-                self.producer.flush(CLIENT_TIMEOUT).context("flushing")?;
+                flush_delivered(&self.producer, CLIENT_TIMEOUT).context("flushing")?;
                 if offsets.count() > 0 {
                     self.consumer.commit(&offsets, CommitMode::Sync).context("committing offsets")?;
                 }
@@ -196,27 +195,11 @@ impl Copier {
                         .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
                         .context("adding offsets to the transaction")?;
                 }
+                flush_delivered(&self.producer, CLIENT_TIMEOUT).context("flushing")?;
                 self.producer.commit_transaction(CLIENT_TIMEOUT).context("committing the transaction")?;
                 self.in_transaction = false;
             }
         }
         Ok(())
-    }
-}
-
-/// Hands a record to the producer, waiting while its queue is full (crmflow's `send_waiting`).
-fn send_waiting(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                std::thread::sleep(Duration::from_millis(5));
-                record = back;
-            }
-            Err((e, _)) => return Err(e),
-        }
     }
 }
