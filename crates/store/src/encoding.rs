@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::FormatError;
 
 /// Number of column families; sizes the per-family arrays of the stage.
-pub(crate) const FAMILY_COUNT: usize = 9;
+pub(crate) const FAMILY_COUNT: usize = 8;
 
 /// One column family, i.e. one projection (or bookkeeping table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,11 +31,9 @@ pub(crate) enum Family {
     /// Input positions and the seen-id counters.
     Meta,
     /// `company \0 integration \0 object type \0 object id` → the last decision's trace of that
-    /// CRM record, with its sequence number. Local only: never in the changelog.
+    /// CRM record, after its sequence number (big-endian `u64`), which orders the traces for
+    /// forgetting. Local only: never in the changelog.
     Explanations,
-    /// sequence (big-endian `u64`) → the `explanations` key traced with it, to bound how many are
-    /// kept. Local only.
-    ExplanationOrder,
 }
 
 impl Family {
@@ -49,7 +47,6 @@ impl Family {
         Family::SeenOrder,
         Family::Meta,
         Family::Explanations,
-        Family::ExplanationOrder,
     ];
 
     /// The RocksDB column family name.
@@ -63,14 +60,13 @@ impl Family {
             Family::SeenOrder => "seen_order",
             Family::Meta => "meta",
             Family::Explanations => "explanations",
-            Family::ExplanationOrder => "explanation_order",
         }
     }
 
     /// Whether its writes go to the changelog. Traces are diagnostics: restoring them would
     /// double the changelog's traffic for no decision's sake.
     pub(crate) fn changelogged(self) -> bool {
-        !matches!(self, Family::SeenOrder | Family::Explanations | Family::ExplanationOrder)
+        !matches!(self, Family::SeenOrder | Family::Explanations)
     }
 
     /// Whether a changelog record of this family is restored. `seen_order` is not written any

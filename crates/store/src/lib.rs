@@ -20,10 +20,10 @@
 //! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
 //! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
 //! | `explanations` | company, integration, object type, id | sequence (`u64`) + trace (JSON) |
-//! | `explanation_order` | sequence number, big-endian `u64` | the `explanations` key        |
 //!
-//! The two `explanation` families keep each CRM record's last decision trace, bounded like the
-//! seen ids, for the explain query. They are local: never written to the changelog.
+//! `explanations` keeps each CRM record's last decision trace, bounded like the seen ids, for
+//! the explain query; the order to forget them in is rebuilt in memory from the sequence
+//! numbers. It is local: never written to the changelog.
 //!
 //! Keys join the identifying strings with a `0x00` byte, company first, so all keys
 //! of a company are adjacent. Values are `serde_json` of the domain types: simple to

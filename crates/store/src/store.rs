@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crmflow_domain::state::DEFAULT_SEEN_CAPACITY;
 use crmflow_domain::{Account, Integration, LedgerEntry, StateChange, StateView};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,10 @@ impl Default for StoreOptions {
     }
 }
 
+/// Column families that stores of earlier versions have and this one no longer uses:
+/// `explanation_order` (the traces' order is now rebuilt from their sequence numbers).
+const OBSOLETE_FAMILIES: [&str; 1] = ["explanation_order"];
+
 /// Staged writes of one family: key → new value, `None` meaning delete.
 type Stage = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -62,8 +66,8 @@ pub struct StateStore {
     // Committed integrations only, never staged ones: discarding the stage then needs
     // no cache repair. A Mutex (not RefCell) keeps the store `Sync`.
     cache: Mutex<IntegrationCache>,
-    // The kept traces' sequence numbers, staged ones included; read from disk when first needed.
-    trace_window: Option<explanations::TraceWindow>,
+    // The kept traces' order, staged ones included; read from disk when first needed.
+    trace_index: Option<explanations::TraceIndex>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -86,17 +90,34 @@ impl StateStore {
         let families = Family::ALL.map(|family| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(DBCompressionType::Lz4);
+            // Most reads are point look-ups of keys that do not exist yet (an event id not seen, an
+            // activity not in the ledger): once state outgrows the memtable, a bloom filter per
+            // table file answers those without reading its blocks.
+            let mut table = BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf_options.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(family.name(), cf_options)
         });
-        let db = DB::open_cf_descriptors(&db_options, path, families)
+        // A store must be opened with every column family it has: open the obsolete ones too,
+        // then drop them.
+        let existing = DB::list_cf(&db_options, path).unwrap_or_default();
+        let obsolete: Vec<&str> =
+            OBSOLETE_FAMILIES.into_iter().filter(|name| existing.iter().any(|e| e == name)).collect();
+        let descriptors = families
+            .into_iter()
+            .chain(obsolete.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default())));
+        let mut db = DB::open_cf_descriptors(&db_options, path, descriptors)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        for name in obsolete {
+            db.drop_cf(name).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        }
         Ok(StateStore {
             path: path.to_owned(),
             db,
             seen_capacity: u64::try_from(options.seen_capacity.max(1)).unwrap_or(u64::MAX),
             staged: Default::default(),
             cache: Mutex::new(IntegrationCache::new(options.cache_capacity)),
-            trace_window: None,
+            trace_index: None,
         })
     }
 
@@ -185,7 +206,7 @@ impl StateStore {
     /// Drops staged writes (e.g. after a failed transaction); reads see the committed state.
     pub fn discard_staged(&mut self) {
         self.staged = Default::default();
-        self.trace_window = None;
+        self.trace_index = None;
     }
 
     /// The committed input positions (next offset to read), ordered by topic and partition.
@@ -496,7 +517,7 @@ impl StateStore {
                 self.decode::<InputPosition>(family, key, value).map(drop)
             }
             // Presence markers and stored keys: any bytes will do (local families never come).
-            Family::Seen | Family::SeenOrder | Family::Meta | Family::Explanations | Family::ExplanationOrder => Ok(()),
+            Family::Seen | Family::SeenOrder | Family::Meta | Family::Explanations => Ok(()),
         }
     }
 

@@ -245,7 +245,7 @@ fn restore_rejects_foreign_records_and_corrupted_values() {
 #[test]
 fn a_destroyed_store_opens_empty() {
     let dir = TempDir::new().expect("temp dir");
-    let path = dir.path().join("partition-0");
+    let path = dir.path().join("0");
     let mut store = StateStore::open(&path, StoreOptions::default()).expect("opens");
     store.stage(&[put_team("acme", "u1", "ny")]).expect("stages");
     store.commit(&[position("crm.changes", 0, 1)], Some(3)).expect("commits");
@@ -725,4 +725,32 @@ fn changelogs_with_seen_order_records_still_restore() {
         [(b"seen\0acme\0e1", Some(b"")), (b"seen_order\0\0\0\0\0\0\0\0\0", Some(b"acme\0e1"))];
     store.restore_all(records).expect("restores");
     assert!(store.has_seen("acme", "e1").expect("reads"));
+}
+
+/// A store of an earlier version, with the `explanation_order` family, opens; the family is
+/// dropped and the traces it ordered are still forgotten oldest first.
+#[test]
+fn a_store_with_the_obsolete_trace_order_family_opens_without_it() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    store.stage_explanation(&trace("o1", "e1"), 2).expect("stages");
+    store.stage_explanation(&trace("o2", "e2"), 2).expect("stages");
+    store.commit(&[], None).expect("commits");
+    drop(store);
+    let path = dir.path().join("0");
+    {
+        let mut options = Options::default();
+        options.create_missing_column_families(true);
+        let mut names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+        names.push("explanation_order");
+        DB::open_cf(&options, &path, names).expect("opens with the old family");
+    }
+    assert!(DB::list_cf(&Options::default(), &path).expect("lists").iter().any(|n| n == "explanation_order"));
+    let mut store = open(&dir);
+    assert!(!DB::list_cf(&Options::default(), &path).expect("lists").iter().any(|n| n == "explanation_order"));
+    store.stage_explanation(&trace("o3", "e3"), 2).expect("stages");
+    store.commit(&[], None).expect("commits");
+    assert_eq!(kept(&store, "o1"), None, "the oldest is forgotten");
+    assert_eq!(kept(&store, "o2").as_deref(), Some("e2"));
+    assert_eq!(kept(&store, "o3").as_deref(), Some("e3"));
 }
