@@ -61,6 +61,9 @@ pub struct Config {
     /// How many CRM records' last decision traces each partition keeps for the explain query
     /// (the oldest are forgotten first); 0 keeps none and skips tracing.
     pub explain_capacity: usize,
+    /// Threads that process the assigned partitions side by side (each partition on one at a
+    /// time, so its order holds); 0: one per CPU core.
+    pub processing_threads: usize,
     /// How long to wait for the brokers at start before giving up, in milliseconds.
     pub startup_timeout_ms: u64,
     /// Replication factor of output topics crmflow creates (-1: the broker's default).
@@ -96,6 +99,7 @@ impl Default for Config {
             state_dir: PathBuf::from("state"),
             seen_capacity: crmflow_domain::state::DEFAULT_SEEN_CAPACITY,
             explain_capacity: 10_000,
+            processing_threads: 0,
             startup_timeout_ms: 30_000,
             replication_factor: -1,
             topics: TopicNames::default(),
@@ -142,11 +146,12 @@ pub enum ConfigError {
 const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// Keys whose environment overrides are numbers.
-const NUMERIC_KEYS: [&str; 6] = [
+const NUMERIC_KEYS: [&str; 7] = [
     "commit_interval_ms",
     "max_wait_ms",
     "seen_capacity",
     "explain_capacity",
+    "processing_threads",
     "startup_timeout_ms",
     "replication_factor",
 ];
@@ -218,6 +223,12 @@ impl Config {
             if !is_kafka_name(value) {
                 return invalid(key, format!("`{value}` must be 1-200 characters of letters, digits, `.`, `_` or `-`"));
             }
+        }
+        if self.processing_threads > 1024 {
+            return invalid(
+                "processing_threads",
+                format!("{} is more than 1024; use 0 for one per CPU core", self.processing_threads),
+            );
         }
         if !(10..=60_000).contains(&self.commit_interval_ms) {
             return invalid("commit_interval_ms", format!("{} is outside 10..=60000", self.commit_interval_ms));
@@ -361,6 +372,14 @@ impl Config {
     /// partition: `<application_id>-projections-changelog`.
     pub fn changelog_topic(&self) -> String {
         format!("{}-projections-changelog", self.application_id)
+    }
+
+    /// The threads that process partitions: `processing_threads`, or one per CPU core.
+    pub fn processing_threads(&self) -> usize {
+        match self.processing_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
     }
 
     /// The producer: idempotent always, transactional under exactly-once.
@@ -581,5 +600,13 @@ mod tests {
         assert!(message(load("[topics]\ncrm_changes = \"crmflow.dlq\"", &[])).contains("distinct"));
         assert!(message(load("[kafka]\n\"group.id\" = \"x\"", &[])).contains("remove it"));
         assert!(message(load("[encoding]\ncrm_changes = \"xml\"", &[])).contains("xml"));
+        assert!(message(load("processing_threads = 5000", &[])).contains("processing_threads"));
+    }
+
+    #[test]
+    fn processing_threads_default_to_the_cores() {
+        let config = load("", &[("CRMFLOW_PROCESSING_THREADS", "0")]).unwrap();
+        assert!(config.processing_threads() >= 1);
+        assert_eq!(load("processing_threads = 3", &[]).unwrap().processing_threads(), 3);
     }
 }

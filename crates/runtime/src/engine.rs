@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -27,7 +28,7 @@ use crmflow_store::{ChangelogRecord, StateStore, StoreOptions};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
-use crate::processor::{decode_record, Admission, InputRecord, Origin, OutputRecord, PartitionTask, Progress};
+use crate::processor::{Admission, InputRecord, Origin, OutputRecord, PartitionTask, Progress};
 use crate::producer::{flush_delivered, send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
 use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
@@ -55,6 +56,9 @@ pub struct Engine {
     config: Config,
     producer: ThreadedProducer<DeliveryTracker>,
     tasks: BTreeMap<i32, PartitionTask>,
+    // Processes the tasks side by side: each is independent of the others, and one thread at a
+    // time works on a task, so each partition keeps its order.
+    threads: rayon::ThreadPool,
     outputs: Vec<OutputRecord>,
     // The origins of the records sent in the open round, indexed by their delivery opaque.
     sent: Vec<Origin>,
@@ -94,6 +98,13 @@ struct RestoringPartition {
     last_timestamp: i64,
 }
 
+/// What one partition's task made of the records its merge released.
+struct TaskRound {
+    outputs: Vec<OutputRecord>,
+    progress: Progress,
+    outcome: Result<(), crate::processor::ProcessError>,
+}
+
 /// The changelog topic, and a client (no group, read_committed) to read its offsets.
 pub struct Changelog {
     /// Its name.
@@ -118,8 +129,15 @@ impl Engine {
         changelog: Changelog,
         samples: usize,
         timings: Timings,
-    ) -> Self {
-        Engine {
+    ) -> Result<Self, RunError> {
+        let threads = config.processing_threads();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("crmflow-process-{i}"))
+            .build()
+            .map_err(|source| RunError::Threads { threads, source })?;
+        Ok(Engine {
+            threads: pool,
             changelog,
             restoring: BTreeMap::new(),
             to_pause: BTreeSet::new(),
@@ -141,7 +159,7 @@ impl Engine {
             fences: 0,
             expired: 0,
             failure: None,
-        }
+        })
     }
 
     /// The configuration it runs with.
@@ -521,8 +539,7 @@ impl Engine {
                 // Fetched before the pause took effect: kept for the task.
                 let timestamp = m.timestamp().to_millis().unwrap_or(pending.last_timestamp);
                 pending.last_timestamp = timestamp;
-                let record =
-                    decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &self.config);
+                let record = InputRecord::new(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload());
                 pending.fetched.push((stream, record));
                 return;
             }
@@ -532,27 +549,50 @@ impl Engine {
         // A record without a timestamp is ordered as if it came with the one before it: the
         // wall clock would make a replay decide differently.
         let timestamp = m.timestamp().to_millis().unwrap_or_else(|| task.last_timestamp());
-        let record = decode_record(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload(), &self.config);
+        let record = InputRecord::new(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload());
         if task.admit(stream, record, now_ms()) == Admission::AlreadyApplied {
             tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "already applied");
         }
     }
 
-    /// Processes what the merges release and hands the outputs to the producer.
+    /// Processes what the merges release, the partitions side by side, and hands the outputs to
+    /// the producer, partition by partition.
     pub fn process_ready<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, now: i64) -> Result<(), RunError> {
         let config = &self.config;
         // Read from the client only when a merge asks about an input it has nothing buffered of.
-        let mut positions: Option<TopicPartitionList> = None;
-        for (&partition, task) in self.tasks.iter_mut() {
-            // Fixed while the merge releases records: nothing is consumed meanwhile.
-            let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
-            let caught_up = |stream: InputStream| {
-                let positions = positions.get_or_insert_with(|| consumer.position().unwrap_or_default());
-                let topic = config.topics.input_topic(stream);
-                input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
-            };
-            task.process_ready(now, caught_up, config, &mut self.outputs, &mut self.progress)?;
+        let positions: OnceLock<TopicPartitionList> = OnceLock::new();
+        let samples = self.progress.samples.capacity();
+        let mut tasks: Vec<(&i32, &mut PartitionTask)> = self.tasks.iter_mut().collect();
+        let rounds: Vec<TaskRound> = self.threads.install(|| {
+            tasks
+                .par_iter_mut()
+                .map(|(&partition, task)| {
+                    // Fixed while the merge releases records: nothing is consumed meanwhile.
+                    let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
+                    let caught_up = |stream: InputStream| {
+                        let positions = positions.get_or_init(|| consumer.position().unwrap_or_default());
+                        let topic = config.topics.input_topic(stream);
+                        input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
+                    };
+                    let mut round = TaskRound {
+                        outputs: Vec::new(),
+                        progress: Progress { samples: Samples::new(samples), ..Progress::default() },
+                        outcome: Ok(()),
+                    };
+                    round.outcome = task.process_ready(now, caught_up, config, &mut round.outputs, &mut round.progress);
+                    round
+                })
+                .collect()
+        });
+        let mut outcome = Ok(());
+        for mut round in rounds {
+            self.outputs.append(&mut round.outputs);
+            self.progress.add(round.progress);
+            if outcome.is_ok() {
+                outcome = round.outcome;
+            }
         }
+        outcome?;
         if self.outputs.is_empty() {
             return Ok(());
         }
@@ -759,9 +799,12 @@ impl Engine {
         // in is current, not one offset behind.
         let marker = i64::from(self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce);
         let changelog_next = self.producer.context().take_changelog_next();
-        for task in self.tasks.values_mut() {
-            task.write_batch(changelog_next.get(&task.partition()).map(|next| next + marker))?;
-        }
+        let mut tasks: Vec<&mut PartitionTask> = self.tasks.values_mut().collect();
+        self.threads.install(|| {
+            tasks
+                .par_iter_mut()
+                .try_for_each(|task| task.write_batch(changelog_next.get(&task.partition()).map(|next| next + marker)))
+        })?;
         Ok(())
     }
 

@@ -61,6 +61,14 @@ pub enum RunError {
     /// A state store cannot be used.
     #[error(transparent)]
     Store(#[from] crmflow_store::StoreError),
+    /// The threads that process partitions cannot be started.
+    #[error("cannot start {threads} processing threads: {source}; lower `processing_threads`")]
+    Threads {
+        /// How many were asked for.
+        threads: usize,
+        /// Why not.
+        source: rayon::ThreadPoolBuildError,
+    },
     /// A state store could not be restored from its changelog.
     #[error(transparent)]
     Restore(#[from] Box<crate::restore::RestoreError>),

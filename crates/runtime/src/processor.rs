@@ -13,21 +13,51 @@ use crate::merge::Merger;
 use crate::report::Samples;
 use crate::resume::ResumePlan;
 
-/// A consumed input record, decoded on arrival.
+/// A consumed input record, copied out of the client's buffer. It is decoded when processed,
+/// on its partition's thread: the merge needs only its timestamp.
 #[derive(Debug)]
 pub struct InputRecord {
+    /// The input stream it belongs to.
+    pub stream: InputStream,
     /// Its topic.
     pub topic: String,
     /// Its offset.
     pub offset: i64,
     /// Its timestamp (epoch ms), which orders the merge and stamps the outputs.
     pub timestamp: i64,
-    /// The key, kept for the dead-letter record.
+    /// The key.
     pub key: Option<Vec<u8>>,
-    /// The value, kept for the dead-letter record.
-    pub payload: Vec<u8>,
-    /// The event, or why it is a dead letter.
-    pub event: Result<InputEvent, DecodeError>,
+    /// The value (`None`: a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+impl InputRecord {
+    /// A record of `stream` as consumed.
+    pub fn new(
+        stream: InputStream,
+        topic: &str,
+        offset: i64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Self {
+        InputRecord {
+            stream,
+            topic: topic.to_owned(),
+            offset,
+            timestamp,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The event, or why the record is a dead letter.
+    pub fn decode(&self, config: &Config) -> Result<InputEvent, DecodeError> {
+        match &self.payload {
+            Some(bytes) => decode_input(self.stream, self.key.as_deref(), bytes, config.input_encoding(self.stream)),
+            None => Err(DecodeError::new(ErrorKind::Undecodable, "record has no value (a tombstone)")),
+        }
+    }
 }
 
 /// A record to publish.
@@ -108,6 +138,12 @@ impl Progress {
         self.records += std::mem::take(&mut round.records);
         self.replayed += std::mem::take(&mut round.replayed);
         self.late += std::mem::take(&mut round.late);
+    }
+
+    /// Adds the counts and samples of part of the open round (one partition's).
+    pub fn add(&mut self, mut part: Progress) {
+        self.absorb(&mut part);
+        self.samples.extend(part.samples.take());
     }
 
     /// Forgets the counts of a round that is not committed (aborted, abandoned, rewound).
@@ -288,7 +324,7 @@ impl PartitionTask {
                 ErrorKind::RejectedByBroker,
                 format!("the broker refused this record's outputs for good: {code}"),
             )),
-            None => record.event,
+            None => record.decode(config),
         };
         let refused_timestamp =
             self.rejected.get(&(record.topic.clone(), record.offset)) == Some(&RDKafkaErrorCode::InvalidTimestamp);
@@ -303,7 +339,7 @@ impl PartitionTask {
                 out.push(OutputRecord {
                     topic: config.topics.dead_letters.clone(),
                     key: record.key,
-                    payload: record.payload,
+                    payload: record.payload.unwrap_or_default(),
                     headers: dead_letter_headers(&error, &source),
                     timestamp: (!refused_timestamp).then_some(record.timestamp),
                     origin: Origin { topic: record.topic, partition: self.partition, offset: record.offset },
@@ -435,30 +471,6 @@ impl PartitionTask {
     }
 }
 
-/// Decodes a consumed record of an input stream, turning failures into dead-letter reasons.
-pub fn decode_record(
-    stream: InputStream,
-    topic: &str,
-    offset: i64,
-    timestamp: i64,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    config: &Config,
-) -> InputRecord {
-    let event = match payload {
-        Some(bytes) => decode_input(stream, key, bytes, config.input_encoding(stream)),
-        None => Err(DecodeError::new(ErrorKind::Undecodable, "record has no value (a tombstone)")),
-    };
-    InputRecord {
-        topic: topic.to_owned(),
-        offset,
-        timestamp,
-        key: key.map(<[u8]>::to_vec),
-        payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
-        event,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,14 +479,8 @@ mod tests {
     const TOPICS: [&str; 3] = ["integration.settings", "team.assignments", "crm.changes"];
 
     fn record(offset: i64) -> InputRecord {
-        InputRecord {
-            topic: "crm.changes".into(),
-            offset,
-            timestamp: offset,
-            key: None,
-            payload: Vec::new(),
-            event: Err(DecodeError::new(ErrorKind::Undecodable, "test")),
-        }
+        // Not JSON: a dead letter when processed.
+        InputRecord::new(InputStream::CrmChanges, "crm.changes", offset, offset, None, Some(b"not json"))
     }
 
     fn task(dir: &std::path::Path, stored: Option<i64>, group: &[(&str, i64)]) -> PartitionTask {

@@ -78,12 +78,22 @@ impl Samples {
         Samples { lines: VecDeque::new(), capacity }
     }
 
+    /// How many lines it keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Notes an output.
     pub fn note(&mut self, event: &OutputEvent) {
         if self.capacity == 0 {
             return;
         }
-        self.lines.push_back(describe(event));
+        self.extend([describe(event)]);
+    }
+
+    /// Keeps `lines`, newest last, forgetting the oldest beyond the capacity.
+    pub fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        self.lines.extend(lines);
         while self.lines.len() > self.capacity {
             self.lines.pop_front();
         }

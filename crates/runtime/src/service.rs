@@ -79,8 +79,13 @@ pub fn run(
     setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
     let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
     let status = &watch.status;
-    let engine =
-        Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples, status.timings().clone())));
+    let engine = Arc::new(Mutex::new(Engine::new(
+        config.clone(),
+        producer,
+        changelog,
+        watch.samples,
+        status.timings().clone(),
+    )?));
     status.attach(&engine, &config.application_id);
     status.set_peers(Peers::new(&config)?);
     let context = InputContext { engine: engine.clone(), status: status.clone() };
