@@ -45,6 +45,11 @@ use crate::passthrough::PassThrough;
 use crate::processor::{Instance, Settings};
 use crate::report::{FailoverRow, LatencyRow, Report, ThroughputRow};
 
+/// The allocator the `crmflow` binary runs with, so the restore measured in this process (and
+/// the pass-through beside it) runs as crmflow's would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A processing guarantee, as crmflow's `processing_guarantee` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Guarantee {

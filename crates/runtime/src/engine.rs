@@ -37,6 +37,9 @@ use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Tim
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Buffered records from which the partitions are processed on several threads.
+const PARALLEL_FROM: usize = 256;
+
 /// The delivery opaque of a record that comes from no single input record (the changelog's).
 const NO_ORIGIN: usize = usize::MAX;
 
@@ -562,28 +565,31 @@ impl Engine {
         // Read from the client only when a merge asks about an input it has nothing buffered of.
         let positions: OnceLock<TopicPartitionList> = OnceLock::new();
         let samples = self.progress.samples.capacity();
-        let mut tasks: Vec<(&i32, &mut PartitionTask)> = self.tasks.iter_mut().collect();
-        let rounds: Vec<TaskRound> = self.threads.install(|| {
-            tasks
-                .par_iter_mut()
-                .map(|(&partition, task)| {
-                    // Fixed while the merge releases records: nothing is consumed meanwhile.
-                    let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
-                    let caught_up = |stream: InputStream| {
-                        let positions = positions.get_or_init(|| consumer.position().unwrap_or_default());
-                        let topic = config.topics.input_topic(stream);
-                        input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
-                    };
-                    let mut round = TaskRound {
-                        outputs: Vec::new(),
-                        progress: Progress { samples: Samples::new(samples), ..Progress::default() },
-                        outcome: Ok(()),
-                    };
-                    round.outcome = task.process_ready(now, caught_up, config, &mut round.outputs, &mut round.progress);
-                    round
-                })
-                .collect()
-        });
+        let run = |(&partition, task): (&i32, &mut PartitionTask)| {
+            // Fixed while the merge releases records: nothing is consumed meanwhile.
+            let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
+            let caught_up = |stream: InputStream| {
+                let positions = positions.get_or_init(|| consumer.position().unwrap_or_default());
+                let topic = config.topics.input_topic(stream);
+                input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
+            };
+            let mut round = TaskRound {
+                outputs: Vec::new(),
+                progress: Progress { samples: Samples::new(samples), ..Progress::default() },
+                outcome: Ok(()),
+            };
+            round.outcome = task.process_ready(now, caught_up, config, &mut round.outputs, &mut round.progress);
+            round
+        };
+        // Handing a few records to the threads costs more than processing them here: under a
+        // light live load the loop comes round for every few records.
+        let buffered: usize = self.tasks.values().map(PartitionTask::buffered).sum();
+        let rounds: Vec<TaskRound> = if buffered < PARALLEL_FROM {
+            self.tasks.iter_mut().map(run).collect()
+        } else {
+            let mut tasks: Vec<(&i32, &mut PartitionTask)> = self.tasks.iter_mut().collect();
+            self.threads.install(|| tasks.par_drain(..).map(run).collect())
+        };
         let mut outcome = Ok(());
         for mut round in rounds {
             self.outputs.append(&mut round.outputs);

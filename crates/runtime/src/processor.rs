@@ -267,6 +267,11 @@ impl PartitionTask {
         self.consumed.get(topic).copied()
     }
 
+    /// How many consumed records wait in the merge.
+    pub fn buffered(&self) -> usize {
+        self.merger.len()
+    }
+
     /// The input streams the merge is waiting for (nothing of them is buffered).
     pub fn empty_streams(&self) -> impl Iterator<Item = InputStream> + '_ {
         self.merger.empty_streams()
