@@ -24,11 +24,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crmflow_domain::InputStream;
-use crmflow_store::{StateStore, StoreOptions};
+use crmflow_store::{ChangelogRecord, StateStore, StoreOptions};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
-use crate::processor::{Admission, InputRecord, Origin, OutputRecord, PartitionTask, ProcessError, Progress};
+use crate::processor::{Admission, InputRecord, Origin, OutputRecord, PartitionTask, Progress};
 use crate::producer::{flush_delivered, send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
 use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
@@ -62,9 +62,9 @@ pub struct Engine {
     // Processes the tasks side by side: each is independent of the others, and one thread at a
     // time works on a task, so each partition keeps its order.
     threads: rayon::ThreadPool,
-    // The origins of the records sent in the open round, per partition: a record's delivery
-    // opaque is its partition and its index here (see `opaque`).
-    sent: BTreeMap<i32, Vec<Origin>>,
+    outputs: Vec<OutputRecord>,
+    // The origins of the records sent in the open round, indexed by their delivery opaque.
+    sent: Vec<Origin>,
     // The input timestamps of the outputs sent in the open round, for the latency histogram.
     sent_stamps: Vec<i64>,
     // The open round's counts (and the sample outputs); moved to `committed` when it commits.
@@ -103,35 +103,10 @@ struct RestoringPartition {
 
 /// What one partition's task made of the records its merge released.
 struct TaskRound {
-    partition: i32,
-    // The origins of what the partition sent in the open round, this call's included.
-    origins: Vec<Origin>,
-    // The input timestamps of the outputs this call sent, for the latency histogram.
-    stamps: Vec<i64>,
+    outputs: Vec<OutputRecord>,
     progress: Progress,
-    outcome: Result<(), TaskFailure>,
+    outcome: Result<(), crate::processor::ProcessError>,
 }
-
-/// Why a task's part of a round failed, told as a [`RunError`] by the engine once the threads
-/// are done.
-enum TaskFailure {
-    Process(ProcessError),
-    Begin(KafkaError),
-    Produce { topic: String, error: KafkaError },
-}
-
-/// The delivery opaque of the `index`th record partition `partition` sent in the open round.
-fn opaque(partition: i32, index: usize) -> usize {
-    (usize::try_from(partition).unwrap_or(0) << 32) | index
-}
-
-/// The partition and index an opaque from [`opaque`] stands for.
-fn origin_of(opaque: usize) -> (i32, usize) {
-    (i32::try_from(opaque >> 32).unwrap_or(-1), opaque & 0xFFFF_FFFF)
-}
-
-// Opaques hold a partition and an index side by side.
-const _: () = assert!(usize::BITS >= 64);
 
 /// The changelog topic, and a client (no group, read_committed) to read its offsets.
 pub struct Changelog {
@@ -173,7 +148,8 @@ impl Engine {
             config,
             producer,
             tasks: BTreeMap::new(),
-            sent: BTreeMap::new(),
+            outputs: Vec::new(),
+            sent: Vec::new(),
             sent_stamps: Vec::new(),
             progress: Progress { samples: Samples::new(samples), ..Progress::default() },
             committed: Progress::default(),
@@ -476,6 +452,7 @@ impl Engine {
     /// processed since the last commit, and rewinds each partition to what its store reflects.
     /// Processing then goes on.
     pub fn abort_and_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        self.outputs.clear();
         if self.in_transaction {
             self.producer
                 .abort_transaction(CLIENT_TIMEOUT)
@@ -489,8 +466,7 @@ impl Engine {
         // would fail on them again, forever.
         let mut refused: BTreeMap<i32, Vec<(Origin, RDKafkaErrorCode)>> = BTreeMap::new();
         for (opaque, code) in tracker.take_rejected() {
-            let (partition, index) = origin_of(opaque);
-            if let Some(origin) = self.sent.get(&partition).and_then(|origins| origins.get(index)) {
+            if let Some(origin) = self.sent.get(opaque) {
                 tracing::warn!(
                     topic = %origin.topic,
                     partition = origin.partition,
@@ -510,6 +486,7 @@ impl Engine {
     /// with a new producer, and reopens every partition from its store. The caller stops instead
     /// when it happens again soon: then another live instance shares the transactional id.
     pub fn rejoin_after_fence<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
+        self.outputs.clear();
         self.in_transaction = false;
         self.forget_round();
         let producer: ThreadedProducer<DeliveryTracker> = self
@@ -581,19 +558,14 @@ impl Engine {
         }
     }
 
-    /// Processes what the merges release, the partitions side by side, each task handing its
-    /// outputs to the producer in its partition's order (the producer is shared by the threads).
+    /// Processes what the merges release, the partitions side by side, and hands the outputs to
+    /// the producer, partition by partition.
     pub fn process_ready<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, now: i64) -> Result<(), RunError> {
         let config = &self.config;
-        let producer = &self.producer;
         // Read from the client only when a merge asks about an input it has nothing buffered of.
         let positions: OnceLock<TopicPartitionList> = OnceLock::new();
-        // Under exactly_once, the first task with outputs begins the transaction if none is open.
-        let begin = config.processing_guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction;
-        let begun: OnceLock<Result<(), KafkaError>> = OnceLock::new();
         let samples = self.progress.samples.capacity();
-        let mut sent = std::mem::take(&mut self.sent);
-        let run = |(partition, task, origins): (i32, &mut PartitionTask, Vec<Origin>)| {
+        let run = |(&partition, task): (&i32, &mut PartitionTask)| {
             // Fixed while the merge releases records: nothing is consumed meanwhile.
             let consumed = INPUT_STREAMS.map(|stream| task.consumed_until(config.topics.input_topic(stream)));
             let caught_up = |stream: InputStream| {
@@ -602,74 +574,61 @@ impl Engine {
                 input_caught_up(consumer, positions, topic, partition, consumed[stream_index(stream)])
             };
             let mut round = TaskRound {
-                partition,
-                origins,
-                stamps: Vec::new(),
+                outputs: Vec::new(),
                 progress: Progress { samples: Samples::new(samples), ..Progress::default() },
                 outcome: Ok(()),
             };
-            let mut outputs = Vec::new();
-            round.outcome = task
-                .process_ready(now, caught_up, config, &mut outputs, &mut round.progress)
-                .map_err(TaskFailure::Process);
-            if round.outcome.is_err() || outputs.is_empty() {
-                return round;
-            }
-            if begin {
-                if let Err(e) = begun.get_or_init(|| producer.begin_transaction()) {
-                    round.outcome = Err(TaskFailure::Begin(e.clone()));
-                    return round;
-                }
-            }
-            for record in &outputs {
-                round.origins.push(record.origin.clone());
-                if let Some(timestamp) = record.timestamp {
-                    round.stamps.push(timestamp);
-                }
-                if let Err(error) = send_output(producer, record, opaque(partition, round.origins.len() - 1)) {
-                    round.outcome = Err(TaskFailure::Produce { topic: record.topic.clone(), error });
-                    break;
-                }
-            }
+            round.outcome = task.process_ready(now, caught_up, config, &mut round.outputs, &mut round.progress);
             round
         };
-        let buffered: usize = self.tasks.values().map(PartitionTask::buffered).sum();
-        let tasks = self
-            .tasks
-            .iter_mut()
-            .map(|(&partition, task)| (partition, task, sent.remove(&partition).unwrap_or_default()));
         // Handing a few records to the threads costs more than processing them here: under a
         // light live load the loop comes round for every few records.
+        let buffered: usize = self.tasks.values().map(PartitionTask::buffered).sum();
         let rounds: Vec<TaskRound> = if buffered < PARALLEL_FROM {
-            tasks.map(run).collect()
+            self.tasks.iter_mut().map(run).collect()
         } else {
-            let mut tasks: Vec<_> = tasks.collect();
+            let mut tasks: Vec<(&i32, &mut PartitionTask)> = self.tasks.iter_mut().collect();
             self.threads.install(|| tasks.par_drain(..).map(run).collect())
         };
-        if let Some(result) = begun.into_inner() {
-            result.map_err(|e| self.transaction_error("beginning a transaction", e))?;
-            self.in_transaction = true;
-            self.transaction_started = Some(Instant::now());
-        }
         let mut outcome = Ok(());
         for mut round in rounds {
-            if !round.origins.is_empty() {
-                self.sent.insert(round.partition, round.origins);
-            }
-            self.sent_stamps.append(&mut round.stamps);
+            self.outputs.append(&mut round.outputs);
             self.progress.add(round.progress);
             if outcome.is_ok() {
                 outcome = round.outcome;
             }
         }
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(TaskFailure::Process(e)) => Err(e.into()),
-            Err(TaskFailure::Begin(e)) => Err(self.transaction_error("beginning a transaction", e)),
-            Err(TaskFailure::Produce { topic, error }) => {
-                Err(self.produce_error(format!("producing to {topic}"), error))
-            }
+        outcome?;
+        if self.outputs.is_empty() {
+            return Ok(());
         }
+        if self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction {
+            self.begin_transaction()?;
+        }
+        for record in std::mem::take(&mut self.outputs) {
+            self.send(&record)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, record: &OutputRecord) -> Result<(), RunError> {
+        // The index of its origin is the delivery opaque: a record the broker refuses for good
+        // names the input record to set aside.
+        let opaque = self.sent.len();
+        self.sent.push(record.origin.clone());
+        if let Some(timestamp) = record.timestamp {
+            self.sent_stamps.push(timestamp);
+        }
+        match send_waiting(&self.producer, base_record(record, opaque)) {
+            // A dead letter bigger than the producer may send would stop the instance at the same
+            // record after every restart: publish it without its value instead, saying so.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if record.is_dead_letter() => {
+                tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
+                send_waiting(&self.producer, base_record(&record.without_payload(), opaque))
+            }
+            other => other,
+        }
+        .map_err(|e| self.produce_error(format!("producing to {}", record.topic), e))
     }
 
     /// Makes processed work durable. Three commits, in this order:
@@ -680,12 +639,14 @@ impl Engine {
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
         let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
+        let mut changelog = Vec::new();
         for task in self.tasks.values() {
             for p in task.consumer_offsets() {
                 offsets
                     .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
                     .map_err(|e| RunError::kafka("building the offsets to commit", e))?;
             }
+            changelog.push((task.partition(), task.changelog_records()?));
         }
         let processed = self.tasks.values().any(PartitionTask::has_processed);
         if !processed && !self.in_transaction {
@@ -693,7 +654,7 @@ impl Engine {
         }
         match self.config.processing_guarantee {
             ProcessingGuarantee::AtLeastOnce => {
-                self.send_changelog()?;
+                self.send_changelog(&changelog)?;
                 flush_delivered(&self.producer, CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
                 let (failed, last) = self.producer.context().take_failures();
                 if failed > 0 && self.producer.context().has_rejected() {
@@ -717,7 +678,7 @@ impl Engine {
                 if !self.in_transaction {
                     self.begin_transaction()?;
                 }
-                self.send_changelog()?;
+                self.send_changelog(&changelog)?;
                 let group = consumer
                     .group_metadata()
                     .ok_or_else(|| RunError::Brokers("the consumer has no group metadata yet".into()))?;
@@ -763,34 +724,20 @@ impl Engine {
     }
 
     /// Publishes the state writes of each partition to its changelog partition (inside the
-    /// open transaction under `exactly_once`), the partitions side by side.
-    fn send_changelog(&self) -> Result<(), RunError> {
+    /// open transaction under `exactly_once`).
+    fn send_changelog(&self, changelog: &[(i32, Vec<ChangelogRecord>)]) -> Result<(), RunError> {
         let topic = &self.changelog.topic;
-        let producer = &self.producer;
-        let tasks: Vec<&PartitionTask> = self.tasks.values().collect();
-        let sent = self.threads.install(|| {
-            tasks.par_iter().try_for_each(|task| {
-                let partition = task.partition();
-                for record in task.changelog_records().map_err(TaskFailure::Process)? {
-                    let mut base =
-                        BaseRecord::with_opaque_to(topic, NO_ORIGIN).partition(partition).key(&record.key[..]);
-                    if let Some(value) = &record.value {
-                        base = base.payload(&value[..]);
-                    }
-                    send_waiting(producer, base)
-                        .map_err(|error| TaskFailure::Produce { topic: format!("{topic} [{partition}]"), error })?;
+        for (partition, records) in changelog {
+            for record in records {
+                let mut base = BaseRecord::with_opaque_to(topic, NO_ORIGIN).partition(*partition).key(&record.key[..]);
+                if let Some(value) = &record.value {
+                    base = base.payload(&value[..]);
                 }
-                Ok(())
-            })
-        });
-        match sent {
-            Ok(()) => Ok(()),
-            Err(TaskFailure::Process(e)) => Err(e.into()),
-            Err(TaskFailure::Begin(e)) => Err(self.transaction_error("beginning a transaction", e)),
-            Err(TaskFailure::Produce { topic, error }) => {
-                Err(self.produce_error(format!("producing to {topic}"), error))
+                send_waiting(&self.producer, base)
+                    .map_err(|e| self.produce_error(format!("producing to {topic} [{partition}]"), e))?;
             }
         }
+        Ok(())
     }
 
     /// A failed transaction call, telling a fenced instance apart (two replicas sharing an id).
@@ -908,6 +855,7 @@ impl Engine {
     /// open transaction, and closes the stores without writing what they staged.
     pub fn abandon(&mut self) {
         self.cancel_restores();
+        self.outputs.clear();
         self.forget_round();
         if self.in_transaction {
             if let Err(e) = self.producer.abort_transaction(CLIENT_TIMEOUT) {
@@ -1021,33 +969,12 @@ fn input_caught_up<C: ConsumerContext>(
 }
 
 /// The producer record of an output.
-/// Hands an output to the producer, its opaque naming its origin: a record the broker refuses
-/// for good names the input record to set aside.
-fn send_output(
-    producer: &ThreadedProducer<DeliveryTracker>,
-    record: &OutputRecord,
-    opaque: usize,
-) -> Result<(), KafkaError> {
-    match send_waiting(producer, base_record(record, opaque)) {
-        // A dead letter bigger than the producer may send would stop the instance at the same
-        // record after every restart: publish it without its value instead, saying so.
-        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if record.is_dead_letter() => {
-            tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
-            send_waiting(producer, base_record(&record.without_payload(), opaque))
-        }
-        other => other,
-    }
-}
-
 fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8], usize> {
-    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(&record.payload[..]);
-    if !record.headers.is_empty() {
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
-        }
-        base = base.headers(headers);
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &record.headers {
+        headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
     }
+    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(&record.payload[..]).headers(headers);
     if let Some(timestamp) = record.timestamp {
         base = base.timestamp(timestamp);
     }
