@@ -43,13 +43,15 @@ impl StateStore {
             return Ok(());
         }
         let key = explanation_key(explanation);
+        // Encoded before the index is taken: nothing after this can fail and lose the index.
+        let trace = self.encode(Family::Explanations, &key, explanation)?;
         let mut index = match self.trace_index.take() {
             Some(index) => index,
             None => self.read_trace_index()?,
         };
         let sequence = index.next;
         let mut value = sequence.to_be_bytes().to_vec();
-        value.extend(self.encode(Family::Explanations, &key, explanation)?);
+        value.extend(trace);
         let mut undo = Vec::new();
         self.put_staged(Family::Explanations, key.clone(), Some(value), &mut undo);
         index.latest.insert(key.clone(), sequence);
