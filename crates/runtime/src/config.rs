@@ -145,6 +145,9 @@ pub enum ConfigError {
 /// The producer's transaction time-out unless configured: Kafka Streams' value.
 const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
+/// `queued.min.messages` of the restore consumer (see [`Config::restore_consumer_config`]).
+const RESTORE_PREFETCH_RECORDS: &str = "1000000";
+
 /// Keys whose environment overrides are numbers.
 const NUMERIC_KEYS: [&str; 7] = [
     "commit_interval_ms",
@@ -357,8 +360,17 @@ impl Config {
 
     /// The consumer that restores state stores from their changelog: no group (it is assigned
     /// partitions directly and commits nothing), committed records only.
+    ///
+    /// It prefetches up to a million records (still within librdkafka's 64 MiB per partition,
+    /// `queued.max.messages.kbytes`): with the default 100,000 the fetches paused while a batch
+    /// was written, and a restore spent most of its time waiting for records (measured: 4.9 s
+    /// of 8.2 s for 1M records, 0.5 s with this). A `[kafka_consumer]` setting overrides it.
     pub fn restore_consumer_config(&self) -> ClientConfig {
-        let mut config = self.client_config_with(&self.kafka_consumer);
+        let mut config = self.client_config();
+        config.set("queued.min.messages", RESTORE_PREFETCH_RECORDS);
+        for (key, value) in &self.kafka_consumer {
+            config.set(key, value);
+        }
         config
             .set("group.id", format!("{}-restore", self.application_id))
             .set("enable.auto.commit", "false")

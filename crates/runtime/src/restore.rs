@@ -13,12 +13,14 @@
 //!
 //! [`plan`] makes that decision, purely. [`Restoring`] runs one restore on its own thread with
 //! its own consumer, while the engine processes the partitions whose stores are current and keeps
-//! the restoring partitions' inputs paused. The restore marks its progress in the store every
-//! [`CHECKPOINT_EVERY`] records, so a restore interrupted by a crash or a rebalance resumes where
-//! it stopped. It finishes when the consumer's position reaches the end offset taken at
+//! the restoring partitions' inputs paused. Every RocksDB batch of a restore carries the
+//! changelog position it reaches, so a restore interrupted by a rebalance resumes where it
+//! stopped, and one interrupted by a crash where RocksDB last flushed (restored records skip
+//! its log). It finishes when the consumer's position reaches the end offset taken at
 //! assignment, which also works when the changelog ends in a transaction marker.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,14 +30,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crmflow_store::{StateStore, StoreError};
+use crmflow_store::{RestoreBatch, StateStore, StoreError};
 
 use crate::config::Config;
 use crate::status::RestoreProgress;
-
-/// Records restored between two marks of progress in the store. Each mark flushes the store's
-/// memtables (restored records skip RocksDB's log), so marks are not too frequent.
-pub const CHECKPOINT_EVERY: u64 = 100_000;
 
 /// Records written to the store in one RocksDB batch (at most; fewer when the fetch runs dry).
 const RESTORE_BATCH: usize = 1_000;
@@ -256,39 +254,89 @@ impl Restoring {
 }
 
 /// Applies the changelog range to the store, marking progress; stops early when cancelled.
+///
+/// Two threads: this one reads the changelog and checks each batch
+/// ([`StateStore::prepare_restore`]) while a second writes the previous batch to RocksDB and
+/// marks progress. Checking and writing cost about the same, so each hides the other.
 fn restore(
     consumer: &BaseConsumer,
-    mut store: StateStore,
+    store: StateStore,
     range: &RestoreRange,
     cancel: &AtomicBool,
     restored: &AtomicU64,
     reached: &AtomicI64,
 ) -> Result<Restored, RestoreError> {
+    let RestoreRange { topic, partition, from, .. } = range;
+    let partition = *partition;
+    let mut assignment = TopicPartitionList::new();
+    let assigning = |source| RestoreError::Kafka { topic: topic.clone(), partition, context: "assigning", source };
+    assignment.add_partition_offset(topic, partition, Offset::Offset(*from)).map_err(assigning)?;
+    consumer.assign(&assignment).map_err(assigning)?;
+    let started = Instant::now();
+    let (sender, receiver) = mpsc::sync_channel::<Prepared>(PIPELINE_DEPTH);
+    let (read, written) = std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name(format!("restore-{partition}-write"))
+            .spawn_scoped(scope, || write_batches(&store, partition, *from, receiver, restored, reached))
+            .map_err(|source| RestoreError::Thread { partition, source: Some(source) });
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(e) => return (Err(e), Ok(*from)),
+        };
+        let read = read_batches(consumer, &store, range, cancel, sender);
+        let written = writer.join().unwrap_or(Err(RestoreError::Thread { partition, source: None }));
+        (read, written)
+    });
+    // A failed write ends the read too (its channel closes): the write's error is the cause.
+    let position = written?;
+    let complete = read?;
+    store.finish_restore(position).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
+    if complete {
+        tracing::info!(
+            partition,
+            from,
+            until = position,
+            took_ms = started.elapsed().as_millis() as u64,
+            "restored the state store from its changelog"
+        );
+    }
+    Ok(Restored { store, next: position, complete })
+}
+
+/// Batches in flight between the reading and the writing thread of a restore.
+const PIPELINE_DEPTH: usize = 2;
+
+/// A checked batch on its way to the writing thread.
+struct Prepared {
+    batch: RestoreBatch,
+    records: u64,
+    /// The changelog position once it is written (past any transaction marker after it).
+    next: i64,
+}
+
+/// Reads the range in batches, checks them and hands them on; `Ok(true)` once the end offset
+/// is reached, `Ok(false)` when cancelled or when the writer stopped (it says why).
+fn read_batches(
+    consumer: &BaseConsumer,
+    store: &StateStore,
+    range: &RestoreRange,
+    cancel: &AtomicBool,
+    writer: SyncSender<Prepared>,
+) -> Result<bool, RestoreError> {
     let RestoreRange { topic, partition, from, until } = range;
     let (partition, until) = (*partition, *until);
-    let kafka =
-        |context: &'static str| move |source| RestoreError::Kafka { topic: topic.clone(), partition, context, source };
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(*from)).map_err(kafka("assigning"))?;
-    consumer.assign(&assignment).map_err(kafka("assigning"))?;
-    let started = Instant::now();
     let mut position = *from;
-    let mut unmarked = 0u64;
     let mut last_progress = Instant::now();
-    let mark = |store: &mut StateStore, next: i64, sync: bool| {
-        store.restored_until(next, sync).map_err(|e| RestoreError::Store(Box::new(e), partition))
-    };
     while position < until {
         if cancel.load(Ordering::SeqCst) {
-            mark(&mut store, position, true)?;
-            return Ok(Restored { store, next: position, complete: false });
+            return Ok(false);
         }
         // Up to RESTORE_BATCH records at a time, written as one RocksDB batch.
-        let mut batch = Vec::new();
+        let mut records = Vec::new();
         let mut wait = Duration::from_millis(100);
-        while batch.len() < RESTORE_BATCH {
+        while records.len() < RESTORE_BATCH {
             match consumer.poll(wait) {
-                Some(Ok(m)) => batch.push(m),
+                Some(Ok(m)) => records.push(m),
                 Some(Err(e)) => {
                     tracing::warn!(partition, "restore consumer: {e}");
                     break;
@@ -297,40 +345,56 @@ fn restore(
             }
             wait = Duration::ZERO;
         }
-        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+        let mut next = position;
+        let mut batch = RestoreBatch::default();
+        if let (Some(first), Some(last)) = (records.first(), records.last()) {
             let (first, last) = (first.offset(), last.offset());
-            store.restore_all(batch.iter().map(|m| (m.key().unwrap_or_default(), m.payload()))).map_err(|source| {
-                RestoreError::Record { topic: topic.clone(), partition, offset: first, last, source: Box::new(source) }
-            })?;
-            position = last + 1;
-            restored.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            unmarked += batch.len() as u64;
-            if unmarked >= CHECKPOINT_EVERY {
-                mark(&mut store, position, false)?;
-                unmarked = 0;
-            }
-            last_progress = Instant::now();
+            batch = store.prepare_restore(records.iter().map(|m| (m.key().unwrap_or_default(), m.payload()))).map_err(
+                |source| RestoreError::Record {
+                    topic: topic.clone(),
+                    partition,
+                    offset: first,
+                    last,
+                    source: Box::new(source),
+                },
+            )?;
+            next = last + 1;
         }
-        drop(batch);
+        let count = records.len() as u64;
+        drop(records);
         // The position also moves past transaction markers, which poll never returns.
-        if let Some(next) = consumer_position(consumer, topic, partition).filter(|next| *next > position) {
+        next = next.max(consumer_position(consumer, topic, partition).unwrap_or(next));
+        if next > position {
             position = next;
             last_progress = Instant::now();
+            if writer.send(Prepared { batch, records: count, next }).is_err() {
+                return Ok(false);
+            }
         }
-        reached.store(position, Ordering::Relaxed);
         if last_progress.elapsed() > STALL_LIMIT {
             return Err(RestoreError::Stalled { topic: topic.clone(), partition, position, until });
         }
     }
-    mark(&mut store, position, true)?;
-    tracing::info!(
-        partition,
-        from,
-        until = position,
-        took_ms = started.elapsed().as_millis() as u64,
-        "restored the state store from its changelog"
-    );
-    Ok(Restored { store, next: position, complete: true })
+    Ok(true)
+}
+
+/// Writes the batches in order, each with the position it reaches; returns the last position.
+fn write_batches(
+    store: &StateStore,
+    partition: i32,
+    from: i64,
+    batches: Receiver<Prepared>,
+    restored: &AtomicU64,
+    reached: &AtomicI64,
+) -> Result<i64, RestoreError> {
+    let mut position = from;
+    for Prepared { batch, records, next } in batches {
+        store.apply_restore(batch, Some(next)).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
+        position = next;
+        restored.fetch_add(records, Ordering::Relaxed);
+        reached.store(position, Ordering::Relaxed);
+    }
+    Ok(position)
 }
 
 fn consumer_position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {

@@ -56,8 +56,9 @@
 //!    [`StateStore::discard_staged`] forgets the staged writes instead.
 //!
 //! To rebuild a lost or stale store, replay its changelog (all of it, or the tail after
-//! [`StateStore::changelog_next`]) with [`StateStore::restore`], marking progress with
-//! [`StateStore::restored_until`].
+//! [`StateStore::changelog_next`]) in batches: [`StateStore::prepare_restore`] checks them,
+//! [`StateStore::apply_restore`] writes each with the changelog position it reaches, and
+//! [`StateStore::finish_restore`] puts the result on disk.
 #![deny(missing_docs)]
 
 mod changelog;
@@ -67,4 +68,4 @@ mod store;
 
 pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
-pub use store::{InputPosition, KeptExplanation, ProvisionedUser, StateStore, StoreOptions};
+pub use store::{InputPosition, KeptExplanation, ProvisionedUser, RestoreBatch, StateStore, StoreOptions};

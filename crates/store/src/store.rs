@@ -47,6 +47,29 @@ impl Default for StoreOptions {
 /// `explanation_order` (the traces' order is now rebuilt from their sequence numbers).
 const OBSOLETE_FAMILIES: [&str; 1] = ["explanation_order"];
 
+/// Changelog records checked and ready to write ([`StateStore::prepare_restore`]).
+#[derive(Default)]
+pub struct RestoreBatch {
+    batch: WriteBatch,
+    // Integrations it rewrites: their cached copies go once it is written.
+    integrations: Vec<Vec<u8>>,
+    // Its `seen` writes in order (key, value): their `seen_order` entries are added when written.
+    seen: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl RestoreBatch {
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RestoreBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreBatch").field("records", &self.batch.len()).finish_non_exhaustive()
+    }
+}
+
 /// Staged writes of one family: key → new value, `None` meaning delete.
 type Stage = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -87,6 +110,9 @@ impl StateStore {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
+        // Restores write without RocksDB's log (`apply_restore`): flushing every family together
+        // keeps what is on disk a prefix of the batches, each carrying its changelog position.
+        db_options.set_atomic_flush(true);
         let families = Family::ALL.map(|family| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(DBCompressionType::Lz4);
@@ -258,9 +284,10 @@ impl StateStore {
     /// stage. Refuses records that are not a store write, or whose value does not decode.
     ///
     /// Written without RocksDB's log, since a restore writes many records: after a crash the
-    /// store holds what [`StateStore::restored_until`] last marked (it flushes first), plus
-    /// perhaps some later records, which restoring again from the mark writes once more in order.
-    pub fn restore(&mut self, record_key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    /// store holds a prefix of the restored batches, and the changelog position the last of them
+    /// carries ([`StateStore::apply_restore`]); restoring again from there writes the rest.
+    /// [`StateStore::finish_restore`] puts them on disk.
+    pub fn restore(&self, record_key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         self.restore_all([(record_key, value)])
     }
 
@@ -268,13 +295,21 @@ impl StateStore {
     /// applies many), checking each as [`StateStore::restore`] does; nothing of the batch is
     /// written if one record is refused. Without the log, like [`StateStore::restore`].
     pub fn restore_all<'a>(
-        &mut self,
+        &self,
         records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        let mut integrations = Vec::new();
-        // Sequence numbers of the seen ids this batch remembers, for a forget later in the batch.
-        let mut sequences: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let batch = self.prepare_restore(records)?;
+        self.apply_restore(batch, None)
+    }
+
+    /// Checks changelog records and builds their RocksDB batch, without touching the store: the
+    /// first half of [`StateStore::restore_all`], which a restore runs on the thread that reads
+    /// the changelog while [`StateStore::apply_restore`] writes the previous batch.
+    pub fn prepare_restore<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<RestoreBatch, StoreError> {
+        let mut prepared = RestoreBatch::default();
         for (record_key, value) in records {
             let (family, key) = self.restored_key(record_key)?;
             if let Some(value) = value {
@@ -282,21 +317,41 @@ impl StateStore {
             }
             let cf = self.cf(family)?;
             match value {
-                Some(value) => batch.put_cf(cf, key, value),
-                None => batch.delete_cf(cf, key),
+                Some(value) => prepared.batch.put_cf(cf, key, value),
+                None => prepared.batch.delete_cf(cf, key),
             }
             match family {
-                Family::Integrations => integrations.push(key.to_vec()),
-                Family::Seen => self.restore_seen_order(&mut batch, &mut sequences, key, value)?,
+                Family::Integrations => prepared.integrations.push(key.to_vec()),
+                Family::Seen => prepared.seen.push((key.to_vec(), value.map(<[u8]>::to_vec))),
                 _ => {}
             }
+        }
+        Ok(prepared)
+    }
+
+    /// Writes a batch from [`StateStore::prepare_restore`]: its records, the `seen_order`
+    /// entries of its seen ids (they depend on what earlier batches wrote), and `next`, the
+    /// changelog offset the store reflects with it. Batches must come in changelog order.
+    ///
+    /// Without RocksDB's log, like [`StateStore::restore`]: whatever a crash leaves is a prefix of
+    /// the batches (families flush together), and the position in it says how far it got.
+    pub fn apply_restore(&self, prepared: RestoreBatch, next: Option<i64>) -> Result<(), StoreError> {
+        let RestoreBatch { mut batch, integrations, seen } = prepared;
+        // Sequence numbers of the seen ids this batch remembers, for a forget later in the batch.
+        let mut sequences: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for (key, value) in seen {
+            self.restore_seen_order(&mut batch, &mut sequences, key, value)?;
+        }
+        if let Some(next) = next {
+            let value = self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?;
+            batch.put_cf(self.cf(Family::Meta)?, encoding::CHANGELOG_NEXT, value);
         }
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
         self.db
             .write_opt(batch, &unlogged)
             .map_err(|source| StoreError::RestoreBatch { path: self.path.clone(), source })?;
-        let cache = self.cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         for key in integrations {
             cache.invalidate(&key);
         }
@@ -304,29 +359,30 @@ impl StateStore {
     }
 
     /// Keeps `seen_order` in step with a restored `seen` record: the order is not in the
-    /// changelog, the sequence number is the seen id's value.
+    /// changelog, the sequence number is the seen id's value. Its writes follow the batch's
+    /// other writes; only their order among themselves matters, as nothing else writes there.
     fn restore_seen_order(
         &self,
         batch: &mut WriteBatch,
         sequences: &mut HashMap<Vec<u8>, Vec<u8>>,
-        key: &[u8],
-        value: Option<&[u8]>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let order = self.cf(Family::SeenOrder)?;
         match value {
             // Empty: remembered before the lean format, its order came through the changelog.
             Some(sequence) if sequence.len() == 8 => {
-                batch.put_cf(order, sequence, key);
-                sequences.insert(key.to_vec(), sequence.to_vec());
+                batch.put_cf(order, &sequence, &key);
+                sequences.insert(key, sequence);
             }
             Some(_) => {}
             None => {
-                let sequence = match sequences.remove(key) {
+                let sequence = match sequences.remove(&key) {
                     Some(sequence) => Some(sequence),
                     None => self
                         .db
-                        .get_cf(self.cf(Family::Seen)?, key)
-                        .map_err(|source| self.read_error(Family::Seen, key, source))?,
+                        .get_cf(self.cf(Family::Seen)?, &key)
+                        .map_err(|source| self.read_error(Family::Seen, &key, source))?,
                 };
                 if let Some(sequence) = sequence.filter(|s| s.len() == 8) {
                     batch.delete_cf(order, sequence);
@@ -352,24 +408,15 @@ impl StateStore {
         Ok((family, key))
     }
 
-    /// Records that the store reflects its changelog up to `next` (exclusive), so an
-    /// interrupted restore resumes there; `sync` makes it durable against a machine crash.
-    pub fn restored_until(&mut self, next: i64, sync: bool) -> Result<(), StoreError> {
-        // The restored records went around the log: on disk first, then the mark that counts them.
+    /// Ends a restore (finished or interrupted): records that the store reflects its changelog
+    /// up to `next` (exclusive) and flushes every family, so the restored records, which went
+    /// around RocksDB's log, are on disk before later writes go through it.
+    pub fn finish_restore(&self, next: i64) -> Result<(), StoreError> {
+        self.apply_restore(RestoreBatch::default(), Some(next))?;
         let families = Family::ALL.map(|family| self.cf(family)).into_iter().collect::<Result<Vec<_>, _>>()?;
         self.db
             .flush_cfs_opt(&families, &rocksdb::FlushOptions::default())
-            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })?;
-        let value = self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?;
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(sync);
-        let cf = self.cf(Family::Meta)?;
-        self.db.put_cf_opt(cf, encoding::CHANGELOG_NEXT, value, &write_options).map_err(|source| StoreError::Restore {
-            path: self.path.clone(),
-            family: Family::Meta.name(),
-            key: display_key(encoding::CHANGELOG_NEXT),
-            source,
-        })
+            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })
     }
 
     /// Deletes the store from disk (a stale store about to be restored in full from its

@@ -186,7 +186,7 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
     let source_dir = TempDir::new().expect("temp dir");
     let mut source = open(&source_dir);
     let target_dir = TempDir::new().expect("temp dir");
-    let mut target = open(&target_dir);
+    let target = open(&target_dir);
 
     let batches = [
         vec![put_integration("acme", "sf", "salesforce"), put_team("acme", "u1", "ny"), remember("acme", "e1")],
@@ -205,12 +205,12 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
         let records = source.changelog_records(&positions).expect("lists");
         next += records.len() as i64 + 1;
         source.commit(&positions, Some(next)).expect("commits");
-        for record in &records {
-            target.restore(&record.key, record.value.as_deref()).expect("restores");
-        }
-        target.restored_until(next, false).expect("marks");
+        let prepared =
+            target.prepare_restore(records.iter().map(|r| (&r.key[..], r.value.as_deref()))).expect("checks");
+        target.apply_restore(prepared, Some(next)).expect("restores");
+        assert_eq!(target.changelog_next().expect("reads"), Some(next), "each batch carries its position");
     }
-    target.restored_until(next, true).expect("marks");
+    target.finish_restore(next).expect("finishes");
     drop(target);
 
     let target = open(&target_dir);
@@ -228,7 +228,7 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
 #[test]
 fn restore_rejects_foreign_records_and_corrupted_values() {
     let dir = TempDir::new().expect("temp dir");
-    let mut store = open(&dir);
+    let store = open(&dir);
     let error = store.restore(b"nope\0k", Some(b"{}")).expect_err("unknown family");
     assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
     let error = store.restore(b"no separator", Some(b"{}")).expect_err("not a store write");
@@ -516,7 +516,7 @@ proptest! {
 #[test]
 fn a_restore_batch_is_written_whole_or_not_at_all() {
     let dir = TempDir::new().expect("temp dir");
-    let mut store = open(&dir);
+    let store = open(&dir);
     let good: (&[u8], Option<&[u8]>) = (b"teams\0acme\0u1", Some(b"\"ny\""));
     let bad: (&[u8], Option<&[u8]>) = (b"ledger\0acme\0a1", Some(b"not json"));
     let error = store.restore_all([good, bad]).expect_err("a corrupted record");
@@ -524,6 +524,51 @@ fn a_restore_batch_is_written_whole_or_not_at_all() {
     assert_eq!(store.team_of("acme", "u1").expect("reads"), None, "nothing of the batch was written");
     store.restore_all([good, (b"teams\0acme\0u2", None)]).expect("restores");
     assert_eq!(store.team_of("acme", "u1").expect("reads").as_deref(), Some("ny"));
+}
+
+/// Set in the child process of [`a_crash_during_a_restore_leaves_a_prefix_with_its_position`]:
+/// the store directory it restores into before it aborts.
+const CRASH_CHILD_DIR: &str = "CRMFLOW_STORE_TEST_CRASH_DIR";
+
+/// One restore batch of a team placement: `teams / acme / u<i>` → `"t<i>"`.
+fn team_batch(store: &StateStore, i: i64) -> RestoreBatch {
+    let key = format!("teams\0acme\0u{i}");
+    let value = format!("\"t{i}\"");
+    store.prepare_restore([(key.as_bytes(), Some(value.as_bytes()))]).expect("checks")
+}
+
+/// Restored batches skip RocksDB's log. A process that dies in the middle of a restore must
+/// leave a store that says how far it got: batches up to the last flush, with their position,
+/// and nothing that position does not cover. The child process restores, finishes (flushes) at
+/// 3, restores on to 6 and aborts without a flush.
+#[test]
+fn a_crash_during_a_restore_leaves_a_prefix_with_its_position() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+        let store = StateStore::open(std::path::Path::new(&dir), StoreOptions::default()).expect("store opens");
+        for i in 1..=6 {
+            store.apply_restore(team_batch(&store, i), Some(i)).expect("restores");
+            if i == 3 {
+                store.finish_restore(3).expect("flushes");
+            }
+        }
+        std::process::abort();
+    }
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("0");
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "store::tests::a_crash_during_a_restore_leaves_a_prefix_with_its_position", "--nocapture"])
+        .env(CRASH_CHILD_DIR, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("runs the child");
+    assert!(!status.success(), "the child aborts");
+    let store = StateStore::open(&path, StoreOptions::default()).expect("store opens");
+    assert_eq!(store.changelog_next().expect("reads"), Some(3), "the position of the last flushed batch");
+    for i in 1..=6 {
+        let team = store.team_of("acme", &format!("u{i}")).expect("reads");
+        assert_eq!(team.is_some(), i <= 3, "u{i}: only what the position covers survives");
+    }
 }
 
 /// Companies whose ids are prefixes of one another, with and without a NUL after the prefix.
@@ -720,7 +765,7 @@ fn a_restored_store_forgets_seen_ids_in_the_same_order() {
 #[test]
 fn changelogs_with_seen_order_records_still_restore() {
     let dir = TempDir::new().expect("temp dir");
-    let mut store = open(&dir);
+    let store = open(&dir);
     let records: [(&[u8], Option<&[u8]>); 2] =
         [(b"seen\0acme\0e1", Some(b"")), (b"seen_order\0\0\0\0\0\0\0\0\0", Some(b"acme\0e1"))];
     store.restore_all(records).expect("restores");
