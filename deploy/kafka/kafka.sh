@@ -19,6 +19,10 @@
 #   KAFKA_CACHE_DIR      cache dir (default ~/.cache/crmflow/kafka-<version>)
 #   KAFKA_PORT           fixed broker port instead of a free one
 #   KAFKA_HEAP_OPTS      JVM heap flags (default -Xmx768m -Xms256m)
+#   KAFKA_JVM_PERFORMANCE_OPTS
+#                        the broker's GC and JIT flags, as in Kafka's own scripts (default
+#                        -XX:+UseSerialGC -XX:TieredStopAtLevel=1: quickest start, for tests;
+#                        benchmarks pass Kafka's production defaults, G1 and the full JIT)
 #   KAFKA_START_TIMEOUT  seconds to wait for the broker to answer (default 60)
 #   KAFKA_PARENT_PID  stop when this process is gone (test binaries set it)
 set -euo pipefail
@@ -192,11 +196,14 @@ broker_failed() { # MESSAGE: report it with the log's errors and its last lines
 }
 
 # JVM flags for the broker and the tools. Serial GC and C1 only: quickest JVM start and least
-# CPU on a small machine; a test broker never needs peak throughput. No perf-data file in /tmp.
+# CPU on a small machine; a test broker never needs peak throughput (a benchmark sets
+# KAFKA_JVM_PERFORMANCE_OPTS). No perf-data file in /tmp.
 set_jvm_opts() {
   # shellcheck disable=SC2206 # KAFKA_HEAP_OPTS is a list of flags on purpose
   local heap=(${KAFKA_HEAP_OPTS:--Xmx768m -Xms256m})
-  jvm_opts=("${heap[@]}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData
+  # shellcheck disable=SC2206 # likewise
+  local performance=(${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1})
+  jvm_opts=("${heap[@]}" "${performance[@]}" -XX:-UsePerfData
     -Djava.awt.headless=true "-Dlog4j2.configurationFile=$here/log4j2.yaml")
 }
 

@@ -24,6 +24,17 @@ pub struct Broker {
     child: Option<Child>,
 }
 
+/// JVM flags of the benchmark's broker unless set in the environment: the defaults of Kafka's
+/// own scripts.
+pub const BROKER_JVM: [(&str, &str); 2] = [
+    ("KAFKA_HEAP_OPTS", "-Xmx1G -Xms1G"),
+    (
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+         -XX:+ExplicitGCInvokesConcurrent",
+    ),
+];
+
 impl Broker {
     /// Uses an existing cluster.
     pub fn existing(address: &str) -> Broker {
@@ -36,7 +47,16 @@ impl Broker {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = dir.with_extension("log");
         let script = repo.join("deploy/kafka/kafka.sh");
-        let mut child = Command::new(&script)
+        let mut command = Command::new(&script);
+        // The broker as Kafka's own start script runs it (kafka-server-start.sh,
+        // kafka-run-class.sh), not kafka.sh's quick-start test flags: serial GC pauses and a
+        // JIT without its optimizing tier would be measured as crmflow's latency.
+        for (name, value) in BROKER_JVM {
+            if std::env::var_os(name).is_none() {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
             .arg("start")
             .arg(dir)
             .env("KAFKA_PARENT_PID", std::process::id().to_string())

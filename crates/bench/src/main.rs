@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
-use crate::broker::{Broker, RunTopics};
+use crate::broker::{Broker, RunTopics, BROKER_JVM};
 use crate::load::{demo_config, now_ms, produce, Pace};
 use crate::measure::{latency, wait_processed, Reader};
 use crate::passthrough::PassThrough;
@@ -93,7 +93,7 @@ enum Part {
     Restore,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "crmflow-bench", about = "End-to-end benchmarks of crmflow on Apache Kafka")]
 struct Cli {
     /// Existing Kafka cluster; without it (or empty) a local broker is started with
@@ -109,8 +109,9 @@ struct Cli {
     /// Seconds of paced input per latency run (after the warm-up).
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
-    /// Seconds at the start of each latency run that are not measured.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds at the start of each latency run that are not measured (the pass-through takes
+    /// up to about 9 s to settle after its start).
+    #[arg(long, default_value_t = 10)]
     latency_warmup_seconds: u64,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
@@ -152,6 +153,11 @@ struct Cli {
     /// State entries in the restore run's changelog.
     #[arg(long, default_value_t = 1_000_000)]
     restore_entries: u64,
+    /// Seconds of paced load through an exactly_once pass-through before anything is measured
+    /// (not reported): a fresh broker's JIT is still compiling its hot paths, and the first
+    /// system measured would pay for it.
+    #[arg(long, default_value_t = 20)]
+    broker_warmup_seconds: u64,
     /// Parts to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Failover, Part::Restore])]
     only: Vec<Part>,
@@ -162,6 +168,9 @@ struct Cli {
     /// target directory); wiped at start.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Also write every latency sample of each latency run as CSV files into this directory.
+    #[arg(long)]
+    latency_samples: Option<PathBuf>,
     /// Also write the markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -214,6 +223,16 @@ fn main() -> Result<()> {
     let commit_interval = Duration::from_millis(cli.commit_interval_ms);
 
     let mut report = Report { context: context(&cli, &repo, &broker), ..Report::default() };
+
+    if cli.broker_warmup_seconds > 0 {
+        eprintln!(
+            "warming the broker up: a pass-through at {} events/s for {} s…",
+            cli.rate, cli.broker_warmup_seconds
+        );
+        let warm_up = Cli { latency_warmup_seconds: 0, latency_seconds: cli.broker_warmup_seconds, ..cli.clone() };
+        let name = format!("{run_id}-warmup");
+        latency_run(&warm_up, &broker, &name, Guarantee::ExactlyOnce, "pass-through", None, &settings, &work)?;
+    }
 
     if cli.only.contains(&Part::Throughput) {
         let inputs = format!("{run_id}-tp");
@@ -379,8 +398,22 @@ fn latency_run(
     if let Some(p) = pass_through {
         p.stop()?;
     }
+    if let Some(dir) = &cli.latency_samples {
+        write_samples(&dir.join(format!("{name}.csv")), &observed, start_ms)?;
+    }
     let from_ms = start_ms + 1000 * cli.latency_warmup_seconds as i64;
     Ok(LatencyRow { system, guarantee, max_wait_ms, produced_rate, latency: latency(&observed, from_ms, end_ms) })
+}
+
+/// Every output a latency run read, as CSV: when its input was produced (ms after the load
+/// started), its age when read (ms), its partition. Shows when and where a tail came from.
+fn write_samples(path: &Path, observed: &[measure::Observed], start_ms: i64) -> Result<()> {
+    let mut csv = String::from("produced_ms,age_ms,partition\n");
+    for o in observed {
+        csv.push_str(&format!("{},{},{}\n", o.timestamp - start_ms, o.read_ms - o.timestamp, o.partition));
+    }
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The machine, date and parameters the figures were measured with.
@@ -412,10 +445,20 @@ fn context(cli: &Cli, repo: &Path, broker: &Broker) -> Vec<String> {
     let broker_kind = if cli.brokers.as_deref().is_some_and(|b| !b.trim().is_empty()) {
         format!("the cluster at {}", broker.address)
     } else {
-        format!("one local Apache Kafka {kafka} broker (deploy/kafka/kafka.sh, KRaft, 1 replica)")
+        let jvm = BROKER_JVM.map(|(name, default)| {
+            std::env::var(name).unwrap_or_else(|_| default.split_whitespace().collect::<Vec<_>>().join(" "))
+        });
+        format!(
+            "one local Apache Kafka {kafka} broker (deploy/kafka/kafka.sh, KRaft, 1 replica; JVM `{}`)",
+            jvm.join(" ")
+        )
+    };
+    let warm_up = match cli.broker_warmup_seconds {
+        0 => "no broker warm-up".to_owned(),
+        s => format!("broker warmed up with {s} s of paced load first"),
     };
     vec![
-        format!("Measured {date} on {cores} cores ({cpu}), broker: {broker_kind}, on the same machine."),
+        format!("Measured {date} on {cores} cores ({cpu}), broker: {broker_kind}, on the same machine; {warm_up}."),
         format!(
             "{} partitions per topic; commit interval {} ms for both systems; crmflow max_wait_ms {}; demo stream \
              of {} companies × {} users × 5 workflows (seed {}), JSON values.",

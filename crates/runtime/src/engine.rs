@@ -970,11 +970,15 @@ fn input_caught_up<C: ConsumerContext>(
 
 /// The producer record of an output.
 fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8], usize> {
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in &record.headers {
-        headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(&record.payload[..]);
+    // Only dead letters carry headers; an empty header list would still cost an allocation.
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        base = base.headers(headers);
     }
-    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(&record.payload[..]).headers(headers);
     if let Some(timestamp) = record.timestamp {
         base = base.timestamp(timestamp);
     }
