@@ -100,18 +100,6 @@ pub enum StoreError {
         /// Why.
         source: rocksdb::Error,
     },
-    /// Writing a restored changelog record failed.
-    #[error("cannot restore `{family}` key `{key}` into state store at {}: {source}", path.display())]
-    Restore {
-        /// The store's directory.
-        path: PathBuf,
-        /// The column family.
-        family: &'static str,
-        /// The key, escaped for display.
-        key: String,
-        /// Why.
-        source: rocksdb::Error,
-    },
     /// Writing a batch of restored changelog records failed.
     #[error("cannot write restored changelog records into state store at {}: {source}", path.display())]
     RestoreBatch {
