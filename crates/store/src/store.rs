@@ -57,13 +57,6 @@ pub struct RestoreBatch {
     seen: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-impl RestoreBatch {
-    /// Whether it holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
-    }
-}
-
 impl std::fmt::Debug for RestoreBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreBatch").field("records", &self.batch.len()).finish_non_exhaustive()
