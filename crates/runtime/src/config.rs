@@ -365,15 +365,14 @@ impl Config {
     /// `fetch.queue.backoff.ms` (default 1 s), and a restore writes more slowly than it fetches,
     /// so it kept hitting that pause: 4.9 s of an 8.2 s restore of 1M records went waiting in
     /// `poll` with the CPU idle. It waits 10 ms instead, and prefetches at most 16 MiB (not 64)
-    /// per restoring partition: restores run side by side. `[kafka_consumer]` settings override
-    /// both.
+    /// per restoring partition: restores run side by side. `[kafka]` and `[kafka_consumer]`
+    /// settings override both.
     pub fn restore_consumer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
+        let mut config = self.client_config_with(&self.kafka_consumer);
         for (key, value) in RESTORE_FETCH {
-            config.set(key, value);
-        }
-        for (key, value) in &self.kafka_consumer {
-            config.set(key, value);
+            if !self.kafka.contains_key(key) && !self.kafka_consumer.contains_key(key) {
+                config.set(key, value);
+            }
         }
         config
             .set("group.id", format!("{}-restore", self.application_id))
@@ -597,6 +596,8 @@ mod tests {
         assert_eq!(config.consumer_config().get("fetch.queue.backoff.ms"), None, "only the restore's");
         let tuned = load("", &[("CRMFLOW_KAFKA_CONSUMER__FETCH_QUEUE_BACKOFF_MS", "50")]).unwrap();
         assert_eq!(tuned.restore_consumer_config().get("fetch.queue.backoff.ms"), Some("50"));
+        let shared = load("", &[("CRMFLOW_KAFKA__QUEUED_MAX_MESSAGES_KBYTES", "4096")]).unwrap();
+        assert_eq!(shared.restore_consumer_config().get("queued.max.messages.kbytes"), Some("4096"));
     }
 
     #[test]
