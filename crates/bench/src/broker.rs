@@ -21,6 +21,8 @@ use crmflow_codec::TopicNames;
 pub struct Broker {
     /// Bootstrap address.
     pub address: String,
+    /// The broker's JVM, when this process started it (for its CPU time).
+    pub pid: Option<u32>,
     child: Option<Child>,
 }
 
@@ -38,7 +40,7 @@ pub const BROKER_JVM: [(&str, &str); 2] = [
 impl Broker {
     /// Uses an existing cluster.
     pub fn existing(address: &str) -> Broker {
-        Broker { address: address.to_owned(), child: None }
+        Broker { address: address.to_owned(), pid: None, child: None }
     }
 
     /// Starts a fresh single-node broker in `dir` with the project's script; it also stops when
@@ -73,7 +75,9 @@ impl Broker {
             let _ = child.wait();
             bail!("deploy/kafka/kafka.sh did not start the broker:\n{}", fs::read_to_string(&log).unwrap_or_default());
         }
-        Ok(Broker { address, child: Some(child) })
+        // The script writes the JVM's pid before it prints the address.
+        let pid = fs::read_to_string(dir.join("broker.pid")).ok().and_then(|p| p.trim().parse().ok());
+        Ok(Broker { address, pid, child: Some(child) })
     }
 
     /// A client configuration for this cluster.

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod broker;
+mod cpu;
 mod failover;
 mod load;
 mod measure;
@@ -251,24 +252,32 @@ fn main() -> Result<()> {
                 eprintln!("throughput: {system} {}…", guarantee.as_str());
                 let started = Instant::now();
                 let timeout = Duration::from_secs(600);
-                let throughput = if system == "crmflow" {
+                let (throughput, cpu) = if system == "crmflow" {
+                    let cpu_start = cpu::RunStart::now(None, broker.pid);
                     let mut instance =
                         Instance::start(&settings(guarantee, cli.max_wait_ms), &broker, &topics, &name, "0", &work)?;
                     let t = wait_processed(&broker, &topics, &name, started, timeout, || instance.check_running())?;
+                    let cpu = cpu_start.until_now(instance.pid(), broker.pid);
                     instance.stop()?;
-                    t
+                    (t, cpu)
                 } else {
+                    let own = std::process::id();
+                    let cpu_start = cpu::RunStart::now(Some(own), broker.pid);
                     let pt = PassThrough::start(&broker, &topics, &name, guarantee, commit_interval)?;
                     let t = wait_processed(&broker, &topics, &name, started, timeout, || Ok(()))?;
+                    let cpu = cpu_start.until_now(own, broker.pid);
                     pt.stop()?;
-                    t
+                    (t, cpu)
                 };
                 eprintln!(
-                    "  {:.0} events/s ({:.0} after the first commit)",
+                    "  {:.0} events/s ({:.0} after the first commit); CPU {:?} (broker {:?}), machine {:.2} cores busy",
                     throughput.rate(),
-                    throughput.steady_rate()
+                    throughput.steady_rate(),
+                    cpu.system,
+                    cpu.broker,
+                    cpu.machine_cores.unwrap_or_default()
                 );
-                report.throughput.push(ThroughputRow { system, guarantee, throughput });
+                report.throughput.push(ThroughputRow { system, guarantee, throughput, cpu });
             }
         }
     }

@@ -76,6 +76,11 @@ impl Instance {
         Ok(Instance { child, log })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails with the log if the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::cpu::RunCpu;
 use crate::failover::Failover;
 use crate::measure::{Latency, Throughput};
 use crate::Guarantee;
@@ -17,6 +18,8 @@ pub struct ThroughputRow {
     pub guarantee: Guarantee,
     /// The measurement.
     pub throughput: Throughput,
+    /// What the run cost in CPU.
+    pub cpu: RunCpu,
 }
 
 /// Latency of one system under one guarantee at a paced rate.
@@ -60,6 +63,16 @@ pub struct Report {
     pub restore: Option<crate::restore::RestoreRate>,
 }
 
+/// CPU time per event (or record), in microseconds; "–" when not measured.
+fn per_event(cpu: Option<Duration>, events: u64) -> String {
+    cpu.map_or_else(|| "–".into(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / events.max(1) as f64))
+}
+
+/// Cores busy on average; "–" when not measured.
+fn cores(busy: Option<f64>) -> String {
+    busy.map_or_else(|| "–".into(), |c| format!("{c:.2}"))
+}
+
 fn secs(d: Option<Duration>) -> String {
     d.map_or_else(|| "not within 180 s".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -82,9 +95,9 @@ impl Report {
             let _ = writeln!(out, "\n### Throughput (pre-produced backlog)\n");
             let _ = writeln!(
                 out,
-                "| system | guarantee | events | wall time | events/s from start | events/s after first commit | crmflow / pass-through (target ≥ 0.8) |"
+                "| system | guarantee | events | wall time | events/s from start | events/s after first commit | crmflow / pass-through (target ≥ 0.8) | CPU µs/event | broker CPU µs/event | cores busy |"
             );
-            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
             for r in &self.throughput {
                 let t = &r.throughput;
                 let ratio = match (r.system, self.rate("pass-through", r.guarantee)) {
@@ -93,13 +106,16 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.1} s | {:.0} | {:.0} | {ratio} |",
+                    "| {} | {} | {} | {:.1} s | {:.0} | {:.0} | {ratio} | {} | {} | {} |",
                     r.system,
                     r.guarantee.as_str(),
                     t.events,
                     t.total.as_secs_f64(),
                     t.rate(),
-                    t.steady_rate()
+                    t.steady_rate(),
+                    per_event(r.cpu.system, t.events),
+                    per_event(r.cpu.broker, t.events),
+                    cores(r.cpu.machine_cores),
                 );
             }
             if let (Some(eos), Some(alo)) =
@@ -159,17 +175,27 @@ impl Report {
         }
         if let Some(r) = &self.restore {
             let _ = writeln!(out, "\n### Restore (one changelog partition into an empty store)\n");
-            let _ = writeln!(out, "| entries | plain consumer | crmflow restore | restore / plain (target ≥ 0.8) |");
-            let _ = writeln!(out, "| ---: | ---: | ---: | ---: |");
             let _ = writeln!(
                 out,
-                "| {} | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2} |",
+                "| entries | plain consumer | crmflow restore | restore / plain (target ≥ 0.8) | CPU µs/record: plain / restore | broker CPU µs/record: plain / restore | cores busy: plain / restore |"
+            );
+            let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            let (plain, restore) = (&r.plain_cpu, &r.restore_cpu);
+            let _ = writeln!(
+                out,
+                "| {} | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2} | {} / {} | {} / {} | {} / {} |",
                 r.entries,
                 r.plain_rate(),
                 r.plain.as_secs_f64(),
                 r.restore_rate(),
                 r.restore.as_secs_f64(),
-                r.restore_rate() / r.plain_rate()
+                r.restore_rate() / r.plain_rate(),
+                per_event(plain.system, r.entries),
+                per_event(restore.system, r.entries),
+                per_event(plain.broker, r.entries),
+                per_event(restore.broker, r.entries),
+                cores(plain.machine_cores),
+                cores(restore.machine_cores),
             );
         }
         out

@@ -18,6 +18,7 @@ use crmflow_runtime::Config;
 use crmflow_store::{StateStore, StoreOptions};
 
 use crate::broker::Broker;
+use crate::cpu::{RunCpu, RunStart};
 
 /// One restore measurement.
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ pub struct RestoreRate {
     pub plain: Duration,
     /// crmflow's time to restore them into an empty RocksDB store.
     pub restore: Duration,
+    /// What the plain read cost in CPU (this process, the broker, the machine).
+    pub plain_cpu: RunCpu,
+    /// What the restore cost in CPU (this process, RocksDB's threads included).
+    pub restore_cpu: RunCpu,
 }
 
 impl RestoreRate {
@@ -89,6 +94,8 @@ pub fn run(broker: &Broker, topic: &str, entries: u64, work: &std::path::Path) -
         bail!("the changelog holds {} records, not {entries}", high - low);
     }
 
+    let own = std::process::id();
+    let cpu = RunStart::now(Some(own), broker.pid);
     let started = Instant::now();
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Offset(low))?;
@@ -102,14 +109,17 @@ pub fn run(broker: &Broker, topic: &str, entries: u64, work: &std::path::Path) -
         }
     }
     let plain = started.elapsed();
+    let plain_cpu = cpu.until_now(own, broker.pid);
 
     let store = StateStore::open(&work.join("restore-bench-store"), StoreOptions::default())?;
     let range = RestoreRange { topic: topic.to_owned(), partition: 0, from: low, until: high };
+    let cpu = RunStart::now(Some(own), broker.pid);
     let started = Instant::now();
     let restored = Restoring::start(&config, store, range, Arc::new(AtomicU64::new(0)))?.join()?;
     let restore = started.elapsed();
+    let restore_cpu = cpu.until_now(own, broker.pid);
     if !restored.complete {
         bail!("the restore stopped early at {}", restored.next);
     }
-    Ok(RestoreRate { entries, plain, restore })
+    Ok(RestoreRate { entries, plain, restore, plain_cpu, restore_cpu })
 }
