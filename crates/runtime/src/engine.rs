@@ -534,8 +534,9 @@ impl Engine {
         }
     }
 
-    /// Routes a consumed input record to its partition's task.
-    pub fn admit(&mut self, m: &BorrowedMessage<'_>) {
+    /// Routes a consumed input record to its partition's task; `now` is when it arrived (one
+    /// reading of the clock serves a whole poll batch).
+    pub fn admit(&mut self, m: &BorrowedMessage<'_>, now: i64) {
         let Some(stream) = self.config.topics.input_stream(m.topic()) else { return };
         let Some(task) = self.tasks.get_mut(&m.partition()) else {
             if let Some(pending) = self.restoring.get_mut(&m.partition()) {
@@ -553,7 +554,7 @@ impl Engine {
         // wall clock would make a replay decide differently.
         let timestamp = m.timestamp().to_millis().unwrap_or_else(|| task.last_timestamp());
         let record = InputRecord::new(stream, m.topic(), m.offset(), timestamp, m.key(), m.payload());
-        if task.admit(stream, record, now_ms()) == Admission::AlreadyApplied {
+        if task.admit(stream, record, now) == Admission::AlreadyApplied {
             tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "already applied");
         }
     }

@@ -128,11 +128,14 @@ fn process_until_stopped(
         let wait = lock(engine).next_deadline().map_or(50, |d| (d - now_ms()).clamp(0, 50));
         let mut timeout = Duration::from_millis(wait as u64);
         // Poll without holding the engine: rebalance callbacks run inside poll and lock it.
+        // Records polled without waiting arrived together: one reading of the clock is theirs.
+        let mut arrived = None;
         for _ in 0..POLL_BATCH {
             let Some(message) = consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
+            let now = *arrived.get_or_insert_with(now_ms);
             match message {
-                Ok(m) => lock(engine).admit(&m),
+                Ok(m) => lock(engine).admit(&m, now),
                 Err(e) => consumer_error(e)?,
             }
         }
