@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crmflow_codec::{dead_letter_headers, decode_input_value, DecodeError, Envelope, ErrorKind, Source, TopicNames};
+use crmflow_codec::{
+    dead_letter_headers, decode_input, DecodeError, Encoding, Envelope, ErrorKind, Source, TopicNames,
+};
 use crmflow_domain::{explain, Explanation, MemoryState, OutputEvent, Tally};
 
 /// What a simulation did, for the summary on stderr.
@@ -179,6 +182,22 @@ struct Origin {
 
 type LineError = (DecodeError, Origin);
 
+/// A line as [`Envelope`] reads it, but with the value's text as written: `run` decodes a
+/// record's bytes, and a value it refuses (a field given twice, say) must be refused here too,
+/// not merged into a document first.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<'a> {
+    topic: String,
+    key: Option<String>,
+    timestamp: i64,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    // Accepted as in an envelope; an input record's headers do not change what it means.
+    #[serde(default, rename = "headers")]
+    _headers: BTreeMap<String, String>,
+}
+
 /// What the core made of one line.
 struct Decided {
     /// The input record's timestamp, which its outputs keep.
@@ -196,7 +215,7 @@ fn process_line(
     explaining: bool,
     tally: &mut Tally,
 ) -> Result<Decided, LineError> {
-    let envelope: Envelope = serde_json::from_str(line).map_err(|e| {
+    let envelope: Line<'_> = serde_json::from_str(line).map_err(|e| {
         let message = format!("not a record line {{\"topic\", \"key\", \"timestamp\", \"value\"}}: {e}");
         (DecodeError::new(ErrorKind::Undecodable, message), Origin::default())
     })?;
@@ -210,7 +229,7 @@ fn process_line(
         return Err((DecodeError::new(ErrorKind::UnknownTopic, message), origin()));
     };
     let key = envelope.key.as_deref().map(str::as_bytes);
-    let event = match decode_input_value(stream, key, envelope.value.clone()) {
+    let event = match decode_input(stream, key, envelope.value.get().as_bytes(), Encoding::Json) {
         Ok(event) => event,
         Err(error) => return Err((error, origin())),
     };
@@ -247,5 +266,56 @@ fn dead_letter(line: &str, line_number: usize, error: &DecodeError, origin: Orig
         timestamp: origin.timestamp,
         value: Value::String(line.to_owned()),
         headers: dead_letter_headers(error, &source).into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crmflow_domain::InputStream;
+
+    use super::*;
+
+    /// A team placement, without its closing brace.
+    const PLACEMENT: &str = r#"{"type":"UserAssignedToTeam","company_id":"acme","user_id":"u1","team_id":"t1","changed_at":"2024-05-01T10:00:07Z""#;
+
+    fn simulate_line(line: &str) -> (Summary, Vec<Envelope>) {
+        let mut output = Vec::new();
+        let summary = simulate(line.as_bytes(), &mut output, &TopicNames::default()).expect("in memory");
+        let records = output
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("simulate writes envelopes"))
+            .collect();
+        (summary, records)
+    }
+
+    #[test]
+    fn a_value_run_refuses_is_refused_here_alike() {
+        // `company_id` twice: serde refuses a struct field given twice, as `run` does with the bytes.
+        let value =
+            r#"{"type":"UserAssignedToTeam","company_id":"acme","company_id":"other","user_id":"u1","team_id":"t1"}"#;
+        let topics = TopicNames::default();
+        let refused = decode_input(InputStream::Teams, Some(b"acme"), value.as_bytes(), Encoding::Json)
+            .expect_err("run refuses a field given twice");
+        let line = format!(r#"{{"topic":"{}","key":"acme","timestamp":1,"value":{value}}}"#, topics.team_assignments);
+        let (summary, records) = simulate_line(&line);
+        assert_eq!(summary.dead_letters, BTreeMap::from([(refused.kind, 1)]));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].topic, topics.dead_letters);
+        assert!(records[0].headers.values().any(|v| v == &refused.message), "{:?}", records[0].headers);
+    }
+
+    #[test]
+    fn a_line_may_carry_headers_and_its_value_decodes_as_run_decodes_it() {
+        let topics = TopicNames::default();
+        let value = format!("{PLACEMENT}}}");
+        let line = format!(
+            r#"{{"topic":"{}","key":"acme","timestamp":1,"value":{value},"headers":{{"trace":"x"}}}}"#,
+            topics.team_assignments
+        );
+        let (summary, records) = simulate_line(&line);
+        assert!(summary.dead_letters.is_empty(), "{summary:?}");
+        assert_eq!(summary.tally.team_changes, 1);
+        assert!(records.is_empty(), "a team placement publishes nothing: {records:?}");
     }
 }
