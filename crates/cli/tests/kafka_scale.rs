@@ -156,7 +156,18 @@ fn rebalances_do_not_change_decisions() {
         std::thread::sleep(Duration::from_secs(4));
         let second_env = [("CRMFLOW_INSTANCE_ID", "1")];
         let mut second = Processor::start(broker, &topics, &second_dir, group, Guarantee::ExactlyOnce, &second_env);
-        std::thread::sleep(Duration::from_secs(6));
+        // Leaves only once it took partitions over: on a loaded machine a rebalance can take
+        // longer than any fixed wait, and a member that never owned anything moves nothing.
+        let joined = Instant::now();
+        while !second.logs().contains("opened state store") {
+            assert!(
+                joined.elapsed() < Duration::from_secs(120),
+                "the second member got no partitions:\n{}",
+                second.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(3));
         assert!(second.stop().success(), "{}", second.logs());
         logs += &second.logs();
     }
