@@ -58,10 +58,11 @@ impl Machine {
     }
 }
 
-/// CPU a throughput run cost, over the whole run (start-up included).
+/// CPU a throughput or restore run cost, over the whole run (start-up included).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunCpu {
-    /// The system measured: crmflow's process, or this process for the in-process pass-through.
+    /// The system measured: crmflow's process, or this process for what runs in it (the
+    /// pass-through, the plain consumer, the restore).
     pub system: Option<Duration>,
     /// The broker's JVM, when this benchmark started it.
     pub broker: Option<Duration>,
