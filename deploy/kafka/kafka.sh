@@ -147,6 +147,9 @@ num.partitions=1
 # Keep every record: test and demo records carry event-time stamps from 2024, which the default
 # 7-day retention deletes within 30 s of start (and outputs keep their inputs' stamps).
 log.retention.ms=-1
+# The log cleaner looks for work every second (default 15 s): tests of compacted changelogs wait
+# seconds, not minutes, for it.
+log.cleaner.backoff.ms=1000
 
 # A small machine (2 cores): fewer threads.
 num.network.threads=2

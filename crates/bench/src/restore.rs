@@ -112,7 +112,7 @@ pub fn run(broker: &Broker, topic: &str, entries: u64, work: &std::path::Path) -
     let plain_cpu = cpu.until_now(own, broker.pid);
 
     let store = StateStore::open(&work.join("restore-bench-store"), StoreOptions::default())?;
-    let range = RestoreRange { topic: topic.to_owned(), partition: 0, from: low, until: high };
+    let range = RestoreRange { topic: topic.to_owned(), partition: 0, from: low, until: high, written_at: 0 };
     let cpu = RunStart::now(Some(own), broker.pid);
     let started = Instant::now();
     let restored = Restoring::start(&config, store, range, Arc::new(AtomicU64::new(0)))?.join()?;

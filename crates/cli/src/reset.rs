@@ -49,6 +49,17 @@ pub enum ResetError {
     /// The shadow's name cannot be used.
     #[error("--shadow: {0}")]
     Shadow(crmflow_runtime::config::ConfigError),
+    /// No replay ever ran into that shadow: its topics, if any exist, are not crmflow's to delete.
+    #[error(
+        "`{suffix}` is not a replay shadow of this application: no replay into it ever ran (consumer group \
+         `{group}` has no offsets and its changelog does not exist); nothing was changed"
+    )]
+    NotAShadow {
+        /// The shadow's suffix.
+        suffix: String,
+        /// The consumer group a replay into it would have.
+        group: String,
+    },
     /// An input topic is missing.
     #[error("input topic `{0}` does not exist; check `topics` in the configuration")]
     MissingInput(String),
@@ -116,6 +127,10 @@ pub fn reset(config: &Config, request: &ResetRequest) -> Result<ResetPlan, Reset
             let has_copy = ops.partitions(&copy).is_some();
             let shadow = config.replay_config(suffix, has_copy).map_err(ResetError::Shadow)?;
             let mut plan = plan(&ops, &shadow, request)?;
+            // `<topic>.S` may be anyone's topic: it is a shadow's only where a replay into S ran.
+            if plan.internal_topics.is_empty() && plan.offsets.iter().all(|m| m.from.is_none()) {
+                return Err(ResetError::NotAShadow { suffix: suffix.clone(), group: shadow.application_id });
+            }
             if has_copy && request.delete_outputs {
                 plan.output_topics.push(copy);
             }

@@ -629,3 +629,86 @@ fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
         digest(&logs)
     );
 }
+
+/// Waits until a read_uncommitted reader sees records in the output topics: the processor has
+/// sent outputs, committed or not (under a long commit interval: in its open transaction).
+fn wait_until_outputs_sent(broker: &Broker, topics: &Topics, processor: &mut Processor) {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", "crmflow-test-uncommitted")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    wait_for("outputs in the open transaction", Duration::from_secs(60), || {
+        assert!(processor.exited().is_none(), "{}", processor.logs());
+        let sent: i64 = topics
+            .names
+            .outputs()
+            .iter()
+            .flat_map(|topic| (0..topics.partitions).map(move |p| (topic, p)))
+            .filter_map(|(topic, p)| reader.fetch_watermarks(topic, p, Duration::from_secs(10)).ok())
+            .map(|(_, high)| high)
+            .sum();
+        (sent > 0).then_some(())
+    });
+}
+
+/// Joins `group` as a plain member until it is assigned partitions, then leaves: every member
+/// goes through a revocation and a new assignment, twice.
+fn visit_group(broker: &Broker, topics: &Topics, group: &str) {
+    let visitor: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
+    visitor.subscribe(&inputs).unwrap();
+    wait_for("the visitor's assignment", Duration::from_secs(120), || {
+        let _ = visitor.poll(Duration::from_millis(100));
+        visitor.assignment().ok().filter(|a| a.count() > 0)
+    });
+    visitor.unsubscribe();
+}
+
+/// The fence of issue 18 (item 7), met where it hurt: in the commit before a revocation. An
+/// instance has outputs in its open transaction (a 60 s commit interval keeps it open) when
+/// another producer takes over its transactional id, as a woken zombie restarting its producer
+/// does; then a member joins the group, so the instance commits before its partitions are
+/// revoked, and that commit is fenced. It must drop the round, start transactions again and go
+/// on, as it does when the loop meets a fence. Failed before: the failure of the revocation's
+/// commit stopped the instance ("stopping without committing the round in progress: fenced").
+#[test]
+fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
+    let broker = kafka();
+    let name = "fenced-at-revocation";
+    let topics = Topics::create(broker, name, PARTITIONS);
+    let (lines, expected) = fewer();
+    let root = work_dir(name);
+    let env = [
+        ("CRMFLOW_INSTANCE_ID", "a"),
+        ("CRMFLOW_COMMIT_INTERVAL_MS", "60000"),
+        ("CRMFLOW_KAFKA_PRODUCER__TRANSACTION_TIMEOUT_MS", "300000"),
+    ];
+    let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, Guarantee::ExactlyOnce, &env);
+    wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
+    let half = lines.len() / 2;
+    produce_lines(broker, &topics, &lines[..half]);
+    wait_until_outputs_sent(broker, &topics, &mut a);
+    let usurper: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("transactional.id", format!("{name}.a"))
+        .create()
+        .unwrap();
+    usurper.init_transactions(Duration::from_secs(30)).unwrap();
+    visit_group(broker, &topics, name);
+    produce_lines(broker, &topics, &lines[half..]);
+    wait_until_processed(broker, &topics, name, &mut a, Duration::from_secs(300));
+    assert!(a.stop().success(), "{}", a.logs());
+    let logs = without_backtraces(&a.logs());
+    assert!(logs.contains("commit before revocation failed"), "the revocation's commit did not fail:\n{logs}");
+    let outputs = check_outputs(broker, &topics, expected, name, &logs);
+    eprintln!("{name}: {} records, {outputs} outputs as simulate\n{}", lines.len(), digest(&logs));
+}

@@ -114,6 +114,12 @@ fn a_replay_with_unchanged_settings_diffs_empty() {
     assert!(bad.contains("RFC 3339"), "{bad}");
     let none = fail(live.operate(&["diff", "--shadow", "nothing-here"]), "diff of a missing shadow");
     assert!(none.contains("crmflow replay --into nothing-here"), "{none}");
+    // A topic named like a shadow's output, where no replay ever ran, is not crmflow's to delete.
+    let lookalike = format!("{}.not-a-shadow", live.topics.names.users_provisioned);
+    broker.create_topics(std::slice::from_ref(&lookalike), 1);
+    let refused = fail(live.operate(&["reset", "--shadow", "not-a-shadow", "--delete-outputs"]), "reset of no shadow");
+    assert!(refused.contains("not a replay shadow"), "{refused}");
+    assert!(exists(broker, &lookalike), "the reset deleted a topic no replay made");
 }
 
 /// A replay from a time publishes from each input partition's offset for that time, with state

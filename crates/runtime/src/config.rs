@@ -56,6 +56,10 @@ pub struct Config {
     pub max_wait_ms: u64,
     /// Where the RocksDB state stores live (one per input partition).
     pub state_dir: PathBuf,
+    /// How long the store of a partition this instance no longer owns is kept before it is
+    /// deleted, in milliseconds (Kafka Streams' `state.cleanup.delay.ms`): a partition that
+    /// comes back soon restores only its changelog's tail.
+    pub state_cleanup_delay_ms: u64,
     /// How many processed CRM event ids each partition remembers, to drop resends.
     pub seen_capacity: usize,
     /// How many CRM records' last decision traces each partition keeps for the explain query
@@ -97,6 +101,7 @@ impl Default for Config {
             commit_interval_ms: 100,
             max_wait_ms: 500,
             state_dir: PathBuf::from("state"),
+            state_cleanup_delay_ms: 600_000,
             seen_capacity: crmflow_domain::state::DEFAULT_SEEN_CAPACITY,
             explain_capacity: 10_000,
             processing_threads: 0,
@@ -149,9 +154,10 @@ const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 const RESTORE_FETCH: [(&str, &str); 2] = [("fetch.queue.backoff.ms", "10"), ("queued.max.messages.kbytes", "16384")];
 
 /// Keys whose environment overrides are numbers.
-const NUMERIC_KEYS: [&str; 7] = [
+const NUMERIC_KEYS: [&str; 8] = [
     "commit_interval_ms",
     "max_wait_ms",
+    "state_cleanup_delay_ms",
     "seen_capacity",
     "explain_capacity",
     "processing_threads",
@@ -395,6 +401,14 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+
+    /// The client that reads the changelog's offsets and metadata: it sees the high watermark,
+    /// records of open transactions included (see [`crate::restore`]).
+    pub fn changelog_client_config(&self) -> ClientConfig {
+        let mut config = self.restore_consumer_config();
+        config.set("isolation.level", "read_uncommitted");
+        config
     }
 
     /// The producer: idempotent always, transactional under exactly-once.

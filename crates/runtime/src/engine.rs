@@ -5,12 +5,12 @@
 //! "Commit" means three things here, always in this order under each guarantee:
 //! - `exactly_once`: the **Kafka transaction** (outputs and consumer offsets), then each store's
 //!   **RocksDB batch**;
-//! - `at_least_once`: outputs acknowledged, each store's **RocksDB batch**, then the **consumer
-//!   offsets**.
+//! - `at_least_once`: outputs acknowledged, then the changelog records (state and input
+//!   positions) acknowledged, each store's **RocksDB batch**, then the **consumer offsets**.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,14 +24,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crmflow_domain::InputStream;
-use crmflow_store::{ChangelogRecord, StateStore, StoreOptions};
+use crmflow_store::{ChangelogPosition, ChangelogRecord, StateStore, StoreOptions};
 
+use crate::changelog_topic::{self, ChangelogTopic};
 use crate::config::{Config, ProcessingGuarantee};
 use crate::error::RunError;
 use crate::processor::{Admission, InputRecord, Origin, OutputRecord, PartitionTask, Progress};
 use crate::producer::{flush_delivered, send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
-use crate::restore::{self, RestorePlan, RestoreRange, Restoring};
+use crate::restore::{self, ChangelogState, RestorePlan, RestoreRange, Restoring, StoreMark};
 use crate::setup;
 use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Timings};
 
@@ -89,6 +90,9 @@ pub struct Engine {
     // Restoring partitions assigned inside a callback, whose inputs the loop has yet to pause.
     to_pause: BTreeSet<i32>,
     restored_records: Arc<AtomicU64>,
+    // Partitions whose stores are on disk but not owned here, since when: deleted after
+    // `state_cleanup_delay_ms`.
+    released: BTreeMap<i32, Instant>,
 }
 
 /// A partition whose store is restoring. Its inputs were assigned at concrete offsets (the
@@ -108,14 +112,16 @@ struct TaskRound {
     outcome: Result<(), crate::processor::ProcessError>,
 }
 
-/// The changelog topic, and a client (no group, read_committed) to read its offsets.
+/// The changelog topic, and a client (no group, read_uncommitted) to read its offsets.
 pub struct Changelog {
     /// Its name.
     pub topic: String,
-    /// Reads its committed offsets and metadata.
+    /// Reads its offsets (the high watermark, open transactions included) and metadata.
     pub client: BaseConsumer,
     /// Its partition count as last seen (it grows with the inputs).
     pub partitions: i32,
+    /// Its id and how long it keeps deletions, as last described (at each assignment).
+    pub described: ChangelogTopic,
 }
 
 /// Milliseconds since the epoch: when a record arrived, for the merge's wait (never a record's time).
@@ -145,6 +151,7 @@ impl Engine {
             restoring: BTreeMap::new(),
             to_pause: BTreeSet::new(),
             restored_records: Arc::new(AtomicU64::new(0)),
+            released: stores_on_disk(&config.state_dir).into_iter().map(|p| (p, Instant::now())).collect(),
             config,
             producer,
             tasks: BTreeMap::new(),
@@ -211,6 +218,19 @@ impl Engine {
                 }
             }
         }
+        // Which topic the changelog is, and how long it keeps deletions, decide how each store
+        // restores: asked at every assignment, as a reset may have recreated it since.
+        match describe_changelog(&self.config, &self.changelog.topic) {
+            Ok(described) => self.changelog.described = described,
+            Err(e) => {
+                tracing::error!("cannot open the partitions: {e}");
+                self.failure.get_or_insert(e);
+                return;
+            }
+        }
+        for partition in &partitions {
+            self.released.remove(partition);
+        }
         let group = match group_offsets(consumer, &self.config, &partitions) {
             Ok(group) => group,
             Err(e) => {
@@ -237,9 +257,16 @@ impl Engine {
     ) -> Result<(), RunError> {
         let store = self.open_store(partition)?;
         let (low, high) = self.watermarks(&self.changelog.topic, partition)?;
+        let described = &self.changelog.described;
+        let changelog =
+            ChangelogState { low, high, id: described.id.clone(), deletions_kept_ms: described.deletions_kept_ms };
+        let mark = StoreMark::of(&store)?;
         let topic = &self.changelog.topic;
-        let (store, from) = match restore::plan(store.changelog_next()?, !store.is_empty()?, low, high) {
-            RestorePlan::Current => return self.open_task(Some(assignment), partition, store, group),
+        let (store, from, written_at) = match restore::plan(&mark, &changelog, now_ms()) {
+            RestorePlan::Current => {
+                adopt(&store, &mark, &changelog)?;
+                return self.open_task(Some(assignment), partition, store, group);
+            }
             RestorePlan::Tail { from } => {
                 tracing::info!(
                     partition,
@@ -247,14 +274,15 @@ impl Engine {
                     until = high,
                     "the state store is behind its changelog; restoring the tail"
                 );
-                (store, from)
+                (store, from, mark.position.map_or(0, |p| p.written_at))
             }
             RestorePlan::Full { reason } => {
                 tracing::warn!(partition, records = high - low, "{reason}; restoring the store in full from `{topic}`");
                 store.destroy()?;
-                (self.open_store(partition)?, low)
+                (self.open_store(partition)?, low, 0)
             }
         };
+        adopt(&store, &StoreMark::of(&store)?, &changelog)?;
         // Nothing is processed until the restore ends; the inputs start where the group is.
         let mut assigned = BTreeMap::new();
         for (_, input) in self.config.topics.inputs() {
@@ -269,7 +297,7 @@ impl Engine {
             }
             assigned.insert(input.to_owned(), offset);
         }
-        let range = RestoreRange { topic: topic.clone(), partition, from, until: high };
+        let range = RestoreRange { topic: topic.clone(), partition, from, until: high, written_at };
         let restoring = Restoring::start(&self.config, store, range, self.restored_records.clone())?;
         let pending = RestoringPartition { restoring, assigned, fetched: Vec::new(), last_timestamp: 0 };
         self.restoring.insert(partition, pending);
@@ -327,7 +355,7 @@ impl Engine {
     }
 
     fn open_store(&self, partition: i32) -> Result<StateStore, RunError> {
-        let path: PathBuf = self.config.state_dir.join(format!("partition-{partition}"));
+        let path = store_path(&self.config, partition);
         let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
         Ok(StateStore::open(&path, options)?)
     }
@@ -515,9 +543,7 @@ impl Engine {
             let (store, rejected) = task.into_store();
             self.reopen(consumer, partition, store, Vec::new(), None)?;
             if let Some(task) = self.tasks.get_mut(&partition) {
-                for ((topic, offset), code) in rejected {
-                    task.reject(topic, offset, code);
-                }
+                task.carry_rejections(rejected);
                 for (origin, code) in refused.remove(&partition).unwrap_or_default() {
                     task.reject(origin.topic, origin.offset, code);
                 }
@@ -625,7 +651,8 @@ impl Engine {
             // record after every restart: publish it without its value instead, saying so.
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if record.is_dead_letter() => {
                 tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
-                send_waiting(&self.producer, base_record(&record.without_payload(), opaque))
+                let small = record.without_payload("above the producer's message.max.bytes");
+                send_waiting(&self.producer, base_record(&small, opaque))
             }
             other => other,
         }
@@ -633,8 +660,8 @@ impl Engine {
     }
 
     /// Makes processed work durable. Three commits, in this order:
-    /// - `at_least_once`: outputs acknowledged, then each store's RocksDB batch, then the
-    ///   consumer offsets;
+    /// - `at_least_once`: outputs acknowledged, then the changelog records, then each store's
+    ///   RocksDB batch, then the consumer offsets;
     /// - `exactly_once`: the Kafka transaction (outputs and consumer offsets), then each
     ///   store's RocksDB batch.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RunError> {
@@ -655,19 +682,13 @@ impl Engine {
         }
         match self.config.processing_guarantee {
             ProcessingGuarantee::AtLeastOnce => {
+                // The changelog carries the input positions, which a restore trusts: it goes out
+                // only once every output of the round is acknowledged. Sent together, a round
+                // whose outputs failed would leave positions past them in the changelog, and
+                // the next owner would skip those records.
+                self.wait_delivered("outputs")?;
                 self.send_changelog(&changelog)?;
-                flush_delivered(&self.producer, CLIENT_TIMEOUT).map_err(|e| RunError::kafka("flushing outputs", e))?;
-                let (failed, last) = self.producer.context().take_failures();
-                if failed > 0 && self.producer.context().has_rejected() {
-                    // Some outputs can never be published; the loop sets their records aside.
-                    return Err(RunError::OutputsRefused(last.unwrap_or_default()));
-                }
-                if failed > 0 {
-                    return Err(RunError::Delivery(format!(
-                        "{failed} output records were not delivered (last error: {}); offsets not committed",
-                        last.unwrap_or_default()
-                    )));
-                }
+                self.wait_delivered("changelog records")?;
                 self.write_batches()?;
                 if offsets.count() > 0 {
                     consumer
@@ -706,6 +727,24 @@ impl Engine {
             self.timings.latency.observe((now - stamp).max(0) as f64 / 1000.0);
         }
         self.timings.commit.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Waits until what was handed to the producer is delivered (`at_least_once`); fails if any
+    /// of it (`what`) was not.
+    fn wait_delivered(&self, what: &str) -> Result<(), RunError> {
+        flush_delivered(&self.producer, CLIENT_TIMEOUT).map_err(|e| RunError::kafka(format!("flushing {what}"), e))?;
+        let (failed, last) = self.producer.context().take_failures();
+        if failed > 0 && self.producer.context().has_rejected() {
+            // Some records can never be published; the loop sets their input records aside.
+            return Err(RunError::OutputsRefused(last.unwrap_or_default()));
+        }
+        if failed > 0 {
+            return Err(RunError::Delivery(format!(
+                "{failed} {what} were not delivered (last error: {}); offsets not committed",
+                last.unwrap_or_default()
+            )));
+        }
         Ok(())
     }
 
@@ -806,16 +845,43 @@ impl Engine {
         // in is current, not one offset behind.
         let marker = i64::from(self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnce);
         let changelog_next = self.producer.context().take_changelog_next();
+        // Every changelog record after these positions is written after now.
+        let written_at = now_ms();
+        let reached = |partition| {
+            changelog_next.get(&partition).map(|next| ChangelogPosition { next: next + marker, written_at })
+        };
         let mut tasks: Vec<&mut PartitionTask> = self.tasks.values_mut().collect();
-        self.threads.install(|| {
-            tasks
-                .par_iter_mut()
-                .try_for_each(|task| task.write_batch(changelog_next.get(&task.partition()).map(|next| next + marker)))
-        })?;
+        self.threads
+            .install(|| tasks.par_iter_mut().try_for_each(|task| task.write_batch(reached(task.partition()))))?;
         Ok(())
     }
 
-    /// Commits what is processed and lets the partitions go (called before a revocation).
+    /// Deletes the stores of partitions that were not owned here for `state_cleanup_delay_ms`:
+    /// a partition that comes back later restores in full, and the disk does not fill up with
+    /// the stores of every partition this instance ever held.
+    pub fn delete_released_stores(&mut self) {
+        let delay = Duration::from_millis(self.config.state_cleanup_delay_ms);
+        let expired: Vec<i32> = self.released.iter().filter(|(_, at)| at.elapsed() >= delay).map(|(p, _)| *p).collect();
+        for partition in expired {
+            self.released.remove(&partition);
+            let path = store_path(&self.config, partition);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(
+                    partition,
+                    path = %path.display(),
+                    "deleted the state store of a partition not owned here for {} ms",
+                    delay.as_millis()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(partition, path = %path.display(), "cannot delete an unowned state store: {e}")
+                }
+            }
+        }
+    }
+
+    /// Commits what is processed and lets the partitions go (called before a revocation). A
+    /// commit that fails drops the round instead, and leaves the failure for the loop.
     pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         // librdkafka keeps a partition paused across rebalances: resume the restoring ones while
         // they are still assigned, or they would stay paused when assigned again.
@@ -830,6 +896,10 @@ impl Engine {
                 tracing::warn!("resuming restoring partitions before their revocation: {e}");
             }
         }
+        let now = Instant::now();
+        for partition in self.tasks.keys().chain(self.restoring.keys()) {
+            self.released.insert(*partition, now);
+        }
         self.cancel_restores();
         if consumer.assignment_lost() {
             // The group moved on without this member (a missed session): its offsets would be
@@ -839,7 +909,9 @@ impl Engine {
         }
         if self.failure.is_none() {
             if let Err(e) = self.commit(consumer) {
-                tracing::error!("commit before revocation failed: {e}");
+                // The round is dropped below and redone by the partitions' next owner; the loop
+                // then treats the failure as its own (a fence or an abort goes on, see `service`).
+                tracing::warn!("commit before revocation failed: {e}; dropping the round");
                 self.failure.get_or_insert(e);
             }
         }
@@ -927,6 +999,26 @@ impl Engine {
     }
 }
 
+/// Where the state store of `partition` lives.
+fn store_path(config: &Config, partition: i32) -> PathBuf {
+    config.state_dir.join(format!("partition-{partition}"))
+}
+
+/// The partitions with a store in `state_dir`.
+fn stores_on_disk(state_dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return Vec::new() };
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_prefix("partition-")?.parse().ok()).collect()
+}
+
+/// Records in `store` (whose `mark` is what it records now) that its content comes from the
+/// `changelog` topic, where the brokers say which one that is.
+fn adopt(store: &StateStore, mark: &StoreMark, changelog: &ChangelogState) -> Result<(), RunError> {
+    match &changelog.id {
+        Some(id) if mark.changelog_id.as_ref() != Some(id) => Ok(store.set_changelog_id(id)?),
+        _ => Ok(()),
+    }
+}
+
 /// The low and high watermarks of a partition as the consumer last saw them in a fetch response
 /// (no request to the broker); -1001 (`OFFSET_INVALID`) while unknown.
 pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> (i64, i64) {
@@ -987,6 +1079,21 @@ fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8
         base = base.key(&key[..]);
     }
     base
+}
+
+/// The changelog `topic` as the brokers describe it, asked again for a while when they do not
+/// answer.
+pub fn describe_changelog(config: &Config, topic: &str) -> Result<ChangelogTopic, RunError> {
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        match changelog_topic::describe(config, topic, Duration::from_secs(10)) {
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("{e}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The consumer group's committed offsets of the input topics, per partition of `partitions`.

@@ -21,6 +21,7 @@
 //!   [`report`]: counters and sample events for the log; [`shutdown`]: the stop signal.
 #![deny(missing_docs)]
 
+pub mod changelog_topic;
 pub mod config;
 pub mod consumer;
 pub mod dev_broker;

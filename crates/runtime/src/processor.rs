@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, explain, Explanation, InputEvent, InputStream, Tally};
-use crmflow_store::{ChangelogRecord, InputPosition, StateStore};
+use crmflow_store::{ChangelogPosition, ChangelogRecord, InputPosition, StateStore};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
@@ -95,15 +95,26 @@ impl OutputRecord {
         !self.headers.is_empty()
     }
 
-    /// The dead letter without the offending value (too large to publish), saying why.
-    pub fn without_payload(&self) -> OutputRecord {
+    /// The dead letter without the offending value (too large to publish), saying `why`.
+    pub fn without_payload(&self, why: &str) -> OutputRecord {
         let mut headers = self.headers.clone();
-        headers.push((
-            HEADER_VALUE_DROPPED,
-            format!("{} bytes: above the producer's message.max.bytes", self.payload.len()),
-        ));
+        headers.push((HEADER_VALUE_DROPPED, format!("{} bytes: {why}", self.payload.len())));
         OutputRecord { payload: Vec::new(), headers, ..self.clone() }
     }
+}
+
+/// Why an input record is set aside: the broker refused its outputs for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The last refusal's reason.
+    pub code: RDKafkaErrorCode,
+    /// Whether the dead letter that replaced its outputs was refused too.
+    pub again: bool,
+}
+
+/// Whether the broker refused a record for its size.
+fn too_large(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
 }
 
 /// Header of a dead letter published without its value, with the value's size and why.
@@ -195,7 +206,7 @@ pub struct PartitionTask {
     // The latest timestamp processed, to tell late records.
     processed_until: i64,
     // Input records whose outputs the broker refused for good, with why: dead letters now.
-    rejected: BTreeMap<(String, i64), RDKafkaErrorCode>,
+    rejected: BTreeMap<(String, i64), Rejection>,
     // The store's offsets where the group's are behind them (at_least_once: a crash between the
     // RocksDB batch and the offset commit). Records below them are already applied and never
     // processed again, so without these the group's offsets would stay behind for good.
@@ -322,17 +333,17 @@ impl PartitionTask {
         if replaying {
             progress.replayed += 1;
         }
-        let event = match self.rejected.get(&(record.topic.clone(), record.offset)) {
+        let rejection = self.rejected.get(&(record.topic.clone(), record.offset)).copied();
+        let event = match rejection {
             // Its outputs cannot be published: set it aside as a dead letter, without its state
             // changes, so state never holds what the outputs do not say.
-            Some(code) => Err(DecodeError::new(
+            Some(Rejection { code, .. }) => Err(DecodeError::new(
                 ErrorKind::RejectedByBroker,
                 format!("the broker refused this record's outputs for good: {code}"),
             )),
             None => record.decode(config),
         };
-        let refused_timestamp =
-            self.rejected.get(&(record.topic.clone(), record.offset)) == Some(&RDKafkaErrorCode::InvalidTimestamp);
+        let refused_timestamp = rejection.is_some_and(|r| r.code == RDKafkaErrorCode::InvalidTimestamp);
         let event = match event {
             Ok(event) => event,
             Err(_) if replaying => return Ok(()),
@@ -341,13 +352,22 @@ impl PartitionTask {
                 let source =
                     Source::Record { topic: record.topic.clone(), partition: self.partition, offset: record.offset };
                 tracing::warn!(partition = self.partition, kind = %error.kind, "dead letter: {}", error.message);
-                out.push(OutputRecord {
+                let letter = OutputRecord {
                     topic: config.topics.dead_letters.clone(),
                     key: record.key,
                     payload: record.payload.unwrap_or_default(),
                     headers: dead_letter_headers(&error, &source),
                     timestamp: (!refused_timestamp).then_some(record.timestamp),
                     origin: Origin { topic: record.topic, partition: self.partition, offset: record.offset },
+                };
+                // The dead letter itself was refused for its size (the dead-letter topic's
+                // `max.message.bytes` is below the record's): sent again, it would be refused
+                // for ever. It goes without the value; the source headers say where that is.
+                out.push(match rejection {
+                    Some(r) if r.again && too_large(r.code) => {
+                        letter.without_payload("refused as too large by the broker (the topic's max.message.bytes)")
+                    }
+                    _ => letter,
                 });
                 return Ok(());
             }
@@ -395,9 +415,10 @@ impl PartitionTask {
             *entry = (*entry).max(*offset);
         }
         next.into_iter()
-            .filter_map(|(topic, next)| {
-                let next_offset = self.plan.consumer_offset(topic, next)?;
-                Some(InputPosition { topic: topic.to_owned(), partition: self.partition, next_offset })
+            .map(|(topic, next)| InputPosition {
+                topic: topic.to_owned(),
+                partition: self.partition,
+                next_offset: self.plan.consumer_offset(topic, next),
             })
             .collect()
     }
@@ -421,7 +442,7 @@ impl PartitionTask {
 
     /// Gives back the store, without what was staged since the last RocksDB batch, and the
     /// records set aside as refused by the broker.
-    pub fn into_store(mut self) -> (StateStore, BTreeMap<(String, i64), RDKafkaErrorCode>) {
+    pub fn into_store(mut self) -> (StateStore, BTreeMap<(String, i64), Rejection>) {
         self.store.discard_staged();
         (self.store, self.rejected)
     }
@@ -429,7 +450,15 @@ impl PartitionTask {
     /// Sets an input record aside: the broker refused its outputs for good (`code`), so when it
     /// comes again it becomes a dead letter saying so.
     pub fn reject(&mut self, topic: String, offset: i64, code: RDKafkaErrorCode) {
-        self.rejected.insert((topic, offset), code);
+        self.rejected
+            .entry((topic, offset))
+            .and_modify(|r| *r = Rejection { code, again: true })
+            .or_insert(Rejection { code, again: false });
+    }
+
+    /// Takes over the records a previous task of this partition set aside ([`PartitionTask::into_store`]).
+    pub fn carry_rejections(&mut self, rejected: BTreeMap<(String, i64), Rejection>) {
+        self.rejected.extend(rejected);
     }
 
     /// The partition.
@@ -448,18 +477,19 @@ impl PartitionTask {
             .map_err(|source| ProcessError::Store { partition: self.partition, source })
     }
 
-    /// Writes the staged state with the processed positions, and the changelog offset they were
-    /// published up to (`None`: unchanged), as one RocksDB batch, once the outputs are durable.
-    pub fn write_batch(&mut self, changelog_next: Option<i64>) -> Result<(), ProcessError> {
+    /// Writes the staged state with the processed positions, and the changelog position they
+    /// were published up to (`None`: unchanged), as one RocksDB batch, once the outputs are
+    /// durable.
+    pub fn write_batch(&mut self, changelog: Option<ChangelogPosition>) -> Result<(), ProcessError> {
         // Called once the consumer offsets of this round are committed or about to be (they
         // were read before): the group has caught up with the store.
         self.ahead_of_group.clear();
-        if self.processed.is_empty() && changelog_next.is_none() {
+        if self.processed.is_empty() && changelog.is_none() {
             return Ok(());
         }
         let positions = self.processed_positions();
         self.store
-            .commit(&positions, changelog_next)
+            .commit(&positions, changelog)
             .map_err(|source| ProcessError::Store { partition: self.partition, source })?;
         self.stored.extend(std::mem::take(&mut self.processed));
         // Records set aside and now committed never come again.
@@ -537,7 +567,12 @@ mod tests {
         }
         let (out, _) = process_all(&mut task);
         assert!(out.is_empty());
-        assert!(task.consumer_offsets().is_empty(), "committing 3 would publish 3 and 4 again after a crash");
+        let offsets: Vec<i64> = task.consumer_offsets().iter().map(|p| p.next_offset).collect();
+        assert_eq!(
+            offsets,
+            [5],
+            "the group's own offset again: committing 3 would publish 3 and 4 again after a crash"
+        );
         task.write_batch(None).unwrap();
         assert_eq!(task.stored.get("crm.changes"), Some(&3));
     }

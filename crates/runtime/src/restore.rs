@@ -1,15 +1,31 @@
 //! Restoring a partition's state store from its changelog, apart from processing.
 //!
 //! Every RocksDB batch records the changelog offset it reflects (`changelog_next`), written after
-//! the Kafka transaction that published those changelog records. So when a partition is assigned,
+//! the Kafka transaction that published those changelog records, with when that was, and each
+//! store the id of the changelog topic its content comes from. So when a partition is assigned,
 //! its store is at most behind its changelog, never ahead of it:
 //! - **current**: it reflects the whole changelog partition; it processes at once;
-//! - **tail**: a crash came between the transaction and the RocksDB batch, or the directory was
-//!   copied back from an earlier point; only the records after `changelog_next` are restored;
+//! - **tail**: a crash came between the transaction and the RocksDB batch, the directory was
+//!   copied back from an earlier point, or the partition comes back from another instance; only
+//!   the records after `changelog_next` are restored;
 //! - **full**: no store (a lost disk, a partition new to this instance), a store that predates
-//!   changelogs, one whose changelog tail was deleted, or one *ahead* of the changelog (it belongs
-//!   to another history: a reset, a recreated topic). The store is deleted and the whole
-//!   changelog restored; the inputs' history is not needed.
+//!   changelogs, one whose changelog tail was deleted, one *ahead* of the changelog or from
+//!   another changelog topic (it belongs to another history: a reset, a recreated topic), or one
+//!   whose tail may have lost deletions (below). The store is deleted and the whole changelog
+//!   restored; the inputs' history is not needed.
+//!
+//! The changelog is compacted: the cleaner drops a deleted key's tombstone `delete.retention.ms`
+//! after it first cleans it, and the low offset does not move. A store whose position was
+//! reached longer ago than that (less a minute for clocks that disagree) may find the tail after
+//! it without a deletion it needs (a team removal, a retraction), and would bring back what was
+//! deleted: it is restored in full instead, as Kafka Streams treats a checkpoint older than the
+//! compaction horizon as corrupt. Stores of partitions this instance no longer owns are deleted
+//! after `state_cleanup_delay_ms` (see the engine), as Kafka Streams' `state.cleanup.delay.ms`.
+//!
+//! A store is classified against the changelog's high watermark, which counts records of open
+//! transactions: a zombie's open transaction holds the last stable offset back, and a store past
+//! it is current, not ahead. The restore reads committed records only, and waits for such a
+//! transaction to end.
 //!
 //! [`plan`] makes that decision, purely. [`Restoring`] runs one restore on its own thread with
 //! its own consumer, while the engine processes the partitions whose stores are current and keeps
@@ -30,7 +46,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crmflow_store::{RestoreBatch, StateStore, StoreError};
+use crmflow_store::{ChangelogPosition, RestoreBatch, StateStore, StoreError};
 
 use crate::config::Config;
 use crate::status::RestoreProgress;
@@ -65,8 +81,14 @@ pub enum FullRestoreReason {
     NoChangelogOffset,
     /// It is ahead of its changelog: it belongs to another history (a reset, a recreated topic).
     AheadOfChangelog,
+    /// It comes from another changelog topic of the same name: the topic was deleted and
+    /// created again (a reset), so the store belongs to another history.
+    OtherHistory,
     /// The changelog records after its offset were deleted (retention or a manual delete).
     TailDeleted,
+    /// Its position was reached longer ago than the changelog keeps deletions: compaction may
+    /// have dropped some that the tail after it needs.
+    DeletionsMayBeCompacted,
 }
 
 impl std::fmt::Display for FullRestoreReason {
@@ -76,22 +98,78 @@ impl std::fmt::Display for FullRestoreReason {
             FullRestoreReason::AheadOfChangelog => {
                 "the store is ahead of its changelog: it belongs to another history (a reset or a recreated topic)"
             }
+            FullRestoreReason::OtherHistory => {
+                "the store comes from an earlier changelog topic of that name: it belongs to another history \
+                 (a reset or a recreated topic)"
+            }
             FullRestoreReason::TailDeleted => "the changelog records after the store's offset were deleted",
+            FullRestoreReason::DeletionsMayBeCompacted => {
+                "the store's changelog position is older than the changelog keeps deletions (delete.retention.ms): \
+                 its tail may miss some"
+            }
         })
     }
 }
 
-/// What a store with changelog offset `store_next` (`None`: never recorded) and any data
-/// (`store_has_data`) needs, given its changelog partition's offsets `low..high` (committed).
-pub fn plan(store_next: Option<i64>, store_has_data: bool, low: i64, high: i64) -> RestorePlan {
+/// What a store records of its changelog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreMark {
+    /// How far it reflects its changelog (`None`: never recorded).
+    pub position: Option<ChangelogPosition>,
+    /// The id of the changelog topic its content comes from (`None`: not recorded).
+    pub changelog_id: Option<String>,
+    /// Whether it holds any data.
+    pub has_data: bool,
+}
+
+impl StoreMark {
+    /// What `store` records.
+    pub fn of(store: &StateStore) -> Result<StoreMark, StoreError> {
+        Ok(StoreMark {
+            position: store.changelog_position()?,
+            changelog_id: store.changelog_id()?,
+            has_data: !store.is_empty()?,
+        })
+    }
+}
+
+/// A changelog partition as the brokers describe it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogState {
+    /// Its low watermark.
+    pub low: i64,
+    /// Its high watermark, records of open transactions included.
+    pub high: i64,
+    /// The topic's id (`None`: the brokers do not say).
+    pub id: Option<String>,
+    /// How long it keeps a deletion (the topic's `delete.retention.ms`).
+    pub deletions_kept_ms: i64,
+}
+
+/// How far clocks may disagree: a position reached less than `delete.retention.ms` minus this
+/// long ago is young enough for its tail.
+pub const CLOCK_ALLOWANCE_MS: i64 = 60_000;
+
+/// What a `store` needs, given its `changelog` partition, at `now_ms` (epoch ms).
+pub fn plan(store: &StoreMark, changelog: &ChangelogState, now_ms: i64) -> RestorePlan {
+    let full = |reason| RestorePlan::Full { reason };
+    let ChangelogState { low, high, .. } = *changelog;
     let changelog_empty = high <= low;
-    match store_next {
-        None if changelog_empty && !store_has_data => RestorePlan::Current,
-        None => RestorePlan::Full { reason: FullRestoreReason::NoChangelogOffset },
-        Some(next) if next > high => RestorePlan::Full { reason: FullRestoreReason::AheadOfChangelog },
-        Some(next) if next < low => RestorePlan::Full { reason: FullRestoreReason::TailDeleted },
-        Some(next) if next == high || changelog_empty => RestorePlan::Current,
-        Some(next) => RestorePlan::Tail { from: next },
+    if let (Some(ours), Some(theirs)) = (&store.changelog_id, &changelog.id) {
+        if ours != theirs {
+            return full(FullRestoreReason::OtherHistory);
+        }
+    }
+    match store.position {
+        None if changelog_empty && !store.has_data => RestorePlan::Current,
+        None => full(FullRestoreReason::NoChangelogOffset),
+        Some(p) if p.next > high => full(FullRestoreReason::AheadOfChangelog),
+        Some(p) if p.next < low => full(FullRestoreReason::TailDeleted),
+        Some(p) if p.next == high || changelog_empty => RestorePlan::Current,
+        Some(p) if now_ms.saturating_sub(p.written_at) >= changelog.deletions_kept_ms - CLOCK_ALLOWANCE_MS => {
+            full(FullRestoreReason::DeletionsMayBeCompacted)
+        }
+        Some(p) => RestorePlan::Tail { from: p.next },
     }
 }
 
@@ -186,6 +264,8 @@ pub struct RestoreRange {
     pub partition: i32,
     /// The first offset to read (the partition's start when restoring in full).
     pub from: i64,
+    /// When the record before `from` was written (epoch ms; 0: unknown).
+    pub written_at: i64,
     /// The end offset at assignment: everything below it is committed.
     pub until: i64,
 }
@@ -277,20 +357,21 @@ fn restore(
     let (read, written) = std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name(format!("restore-{partition}-write"))
-            .spawn_scoped(scope, || write_batches(&store, partition, *from, receiver, restored, reached))
+            .spawn_scoped(scope, || write_batches(&store, partition, receiver, restored, reached))
             .map_err(|source| RestoreError::Thread { partition, source: Some(source) });
         let writer = match writer {
             Ok(writer) => writer,
-            Err(e) => return (Err(e), Ok(*from)),
+            Err(e) => return (Err(e), Ok(None)),
         };
         let read = read_batches(consumer, &store, range, cancel, sender);
         let written = writer.join().unwrap_or(Err(RestoreError::Thread { partition, source: None }));
         (read, written)
     });
     // A failed write ends the read too (its channel closes): the write's error is the cause.
-    let position = written?;
+    let reached = written?;
     let complete = read?;
-    store.finish_restore(position).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
+    store.finish_restore(reached).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
+    let position = reached.map_or(*from, |r| r.next);
     if complete {
         tracing::info!(
             partition,
@@ -310,8 +391,9 @@ const PIPELINE_DEPTH: usize = 2;
 struct Prepared {
     batch: RestoreBatch,
     records: u64,
-    /// The changelog position once it is written (past any transaction marker after it).
-    next: i64,
+    /// The changelog position once it is written (past any transaction marker after it), and
+    /// when its last record was written.
+    reached: ChangelogPosition,
 }
 
 /// Reads the range in batches, checks them and hands them on; `Ok(true)` once the end offset
@@ -323,9 +405,10 @@ fn read_batches(
     cancel: &AtomicBool,
     writer: SyncSender<Prepared>,
 ) -> Result<bool, RestoreError> {
-    let RestoreRange { topic, partition, from, until } = range;
+    let RestoreRange { topic, partition, from, until, written_at } = range;
     let (partition, until) = (*partition, *until);
     let mut position = *from;
+    let mut written_at = *written_at;
     let mut last_progress = Instant::now();
     while position < until {
         if cancel.load(Ordering::SeqCst) {
@@ -359,6 +442,8 @@ fn read_batches(
                 },
             )?;
             next = last + 1;
+            // A record without a time counts as written at the epoch's start (never too young).
+            written_at = records.last().and_then(|m| m.timestamp().to_millis()).unwrap_or(0);
         }
         let count = records.len() as u64;
         drop(records);
@@ -367,7 +452,8 @@ fn read_batches(
         if next > position {
             position = next;
             last_progress = Instant::now();
-            if writer.send(Prepared { batch, records: count, next }).is_err() {
+            let reached = ChangelogPosition { next, written_at };
+            if writer.send(Prepared { batch, records: count, reached }).is_err() {
                 return Ok(false);
             }
         }
@@ -378,23 +464,23 @@ fn read_batches(
     Ok(true)
 }
 
-/// Writes the batches in order, each with the position it reaches; returns the last position.
+/// Writes the batches in order, each with the position it reaches; returns the last position
+/// (`None`: nothing written).
 fn write_batches(
     store: &StateStore,
     partition: i32,
-    from: i64,
     batches: Receiver<Prepared>,
     restored: &AtomicU64,
-    reached: &AtomicI64,
-) -> Result<i64, RestoreError> {
-    let mut position = from;
-    for Prepared { batch, records, next } in batches {
-        store.apply_restore(batch, Some(next)).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
-        position = next;
+    progress: &AtomicI64,
+) -> Result<Option<ChangelogPosition>, RestoreError> {
+    let mut last = None;
+    for Prepared { batch, records, reached } in batches {
+        store.apply_restore(batch, Some(reached)).map_err(|e| RestoreError::Store(Box::new(e), partition))?;
+        last = Some(reached);
         restored.fetch_add(records, Ordering::Relaxed);
-        reached.store(position, Ordering::Relaxed);
+        progress.store(reached.next, Ordering::Relaxed);
     }
-    Ok(position)
+    Ok(last)
 }
 
 fn consumer_position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
@@ -409,27 +495,72 @@ fn consumer_position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Op
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_800_000_000_000;
+    const KEPT: i64 = 86_400_000;
+
+    fn store(next: Option<i64>, has_data: bool) -> StoreMark {
+        StoreMark {
+            position: next.map(|next| ChangelogPosition { next, written_at: NOW - 1_000 }),
+            changelog_id: Some("id-1".into()),
+            has_data,
+        }
+    }
+
+    fn changelog(low: i64, high: i64) -> ChangelogState {
+        ChangelogState { low, high, id: Some("id-1".into()), deletions_kept_ms: KEPT }
+    }
+
+    fn plan_of(next: Option<i64>, has_data: bool, low: i64, high: i64) -> RestorePlan {
+        plan(&store(next, has_data), &changelog(low, high), NOW)
+    }
+
     #[test]
     fn a_store_at_the_changelog_end_is_current() {
-        assert_eq!(plan(Some(40), true, 0, 40), RestorePlan::Current);
-        assert_eq!(plan(None, false, 0, 0), RestorePlan::Current, "new store, new changelog");
-        assert_eq!(plan(None, false, 7, 7), RestorePlan::Current, "new store, changelog emptied by retention");
+        assert_eq!(plan_of(Some(40), true, 0, 40), RestorePlan::Current);
+        assert_eq!(plan_of(None, false, 0, 0), RestorePlan::Current, "new store, new changelog");
+        assert_eq!(plan_of(None, false, 7, 7), RestorePlan::Current, "new store, changelog emptied by retention");
+        let old = StoreMark { position: Some(ChangelogPosition { next: 40, written_at: 0 }), ..store(None, true) };
+        assert_eq!(plan(&old, &changelog(0, 40), NOW), RestorePlan::Current, "nothing after it, however old");
     }
 
     #[test]
     fn a_store_behind_restores_only_the_tail() {
-        assert_eq!(plan(Some(12), true, 0, 40), RestorePlan::Tail { from: 12 });
-        assert_eq!(plan(Some(39), true, 0, 40), RestorePlan::Tail { from: 39 }, "a transaction marker alone");
-        assert_eq!(plan(Some(12), true, 12, 40), RestorePlan::Tail { from: 12 }, "the tail starts at the low mark");
+        assert_eq!(plan_of(Some(12), true, 0, 40), RestorePlan::Tail { from: 12 });
+        assert_eq!(plan_of(Some(39), true, 0, 40), RestorePlan::Tail { from: 39 }, "a transaction marker alone");
+        assert_eq!(plan_of(Some(12), true, 12, 40), RestorePlan::Tail { from: 12 }, "the tail starts at the low mark");
+        let unknown = ChangelogState { id: None, ..changelog(0, 40) };
+        assert_eq!(plan(&store(Some(12), true), &unknown, NOW), RestorePlan::Tail { from: 12 }, "no topic id known");
     }
 
     #[test]
     fn stores_that_cannot_be_trusted_restore_in_full() {
         let full = |reason| RestorePlan::Full { reason };
-        assert_eq!(plan(None, false, 0, 40), full(FullRestoreReason::NoChangelogOffset), "lost store");
-        assert_eq!(plan(None, true, 0, 0), full(FullRestoreReason::NoChangelogOffset), "predates changelogs");
-        assert_eq!(plan(Some(50), true, 0, 40), full(FullRestoreReason::AheadOfChangelog));
-        assert_eq!(plan(Some(5), true, 0, 0), full(FullRestoreReason::AheadOfChangelog), "recreated topic");
-        assert_eq!(plan(Some(5), true, 10, 40), full(FullRestoreReason::TailDeleted));
+        assert_eq!(plan_of(None, false, 0, 40), full(FullRestoreReason::NoChangelogOffset), "lost store");
+        assert_eq!(plan_of(None, true, 0, 0), full(FullRestoreReason::NoChangelogOffset), "predates changelogs");
+        assert_eq!(plan_of(Some(50), true, 0, 40), full(FullRestoreReason::AheadOfChangelog));
+        assert_eq!(plan_of(Some(5), true, 0, 0), full(FullRestoreReason::AheadOfChangelog), "recreated topic");
+        assert_eq!(plan_of(Some(5), true, 10, 40), full(FullRestoreReason::TailDeleted));
+    }
+
+    #[test]
+    fn a_store_of_another_changelog_topic_restores_in_full_wherever_its_offset_falls() {
+        let other = ChangelogState { id: Some("id-2".into()), ..changelog(0, 40) };
+        for next in [12, 40] {
+            let planned = plan(&store(Some(next), true), &other, NOW);
+            assert_eq!(planned, RestorePlan::Full { reason: FullRestoreReason::OtherHistory }, "at {next}");
+        }
+    }
+
+    #[test]
+    fn a_tail_older_than_the_changelog_keeps_deletions_restores_in_full() {
+        let at =
+            |written_at| StoreMark { position: Some(ChangelogPosition { next: 12, written_at }), ..store(None, true) };
+        let young = NOW - KEPT + CLOCK_ALLOWANCE_MS + 1;
+        assert_eq!(plan(&at(young), &changelog(0, 40), NOW), RestorePlan::Tail { from: 12 });
+        let full = RestorePlan::Full { reason: FullRestoreReason::DeletionsMayBeCompacted };
+        assert_eq!(plan(&at(young - 1), &changelog(0, 40), NOW), full, "within a minute of the horizon");
+        assert_eq!(plan(&at(0), &changelog(0, 40), NOW), full, "no time recorded");
+        let tiny = ChangelogState { deletions_kept_ms: 100, ..changelog(0, 40) };
+        assert_eq!(plan(&at(NOW), &tiny, NOW), full, "a horizon shorter than the clocks' allowance");
     }
 }

@@ -59,12 +59,14 @@ impl ResumePlan {
     }
 
     /// The consumer offset to commit for `topic` once everything below `next` is processed:
-    /// `None` while that is still below what the group has (committing it would move the
-    /// replay boundary back, and the records above it would be published again).
-    pub fn consumer_offset(&self, topic: &str, next: i64) -> Option<i64> {
+    /// never below what the group has (committing less would move the replay boundary back, and
+    /// the records above it would be published again). A round that only replays commits the
+    /// group's own offset again: every transaction carries offsets, so the group coordinator
+    /// fences one of a member that is no longer in the group (KIP-447), as Kafka Streams does.
+    pub fn consumer_offset(&self, topic: &str, next: i64) -> i64 {
         match self.inputs.get(topic) {
-            Some(r) if next < r.published_until => None,
-            _ => Some(next),
+            Some(r) => next.max(r.published_until),
+            None => next,
         }
     }
 
@@ -119,15 +121,15 @@ mod tests {
         let plan = ResumePlan::new(&TOPICS, &offsets(&[("crm", 20)]), &offsets(&[("crm", 15)]));
         assert_eq!(plan.inputs().find(|(t, _)| *t == "crm").unwrap().1.start, Some(20));
         assert!(plan.publishes("crm", 20));
-        assert_eq!(plan.consumer_offset("crm", 21), Some(21));
+        assert_eq!(plan.consumer_offset("crm", 21), 21);
     }
 
     #[test]
     fn consumer_offsets_never_move_below_the_replay_boundary() {
         let plan = ResumePlan::new(&TOPICS, &BTreeMap::new(), &offsets(&[("crm", 100)]));
-        assert_eq!(plan.consumer_offset("crm", 40), None, "a commit midway through a rebuild keeps 100");
-        assert_eq!(plan.consumer_offset("crm", 100), Some(100));
-        assert_eq!(plan.consumer_offset("crm", 101), Some(101));
-        assert_eq!(plan.consumer_offset("teams", 1), Some(1));
+        assert_eq!(plan.consumer_offset("crm", 40), 100, "a commit midway through a rebuild keeps 100");
+        assert_eq!(plan.consumer_offset("crm", 100), 100);
+        assert_eq!(plan.consumer_offset("crm", 101), 101);
+        assert_eq!(plan.consumer_offset("teams", 1), 1);
     }
 }

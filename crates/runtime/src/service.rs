@@ -12,7 +12,7 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::consumer::InputContext;
-use crate::engine::{lock, now_ms, Changelog, Engine};
+use crate::engine::{describe_changelog, lock, now_ms, Changelog, Engine};
 use crate::error::RunError;
 use crate::peers::Peers;
 use crate::producer::DeliveryTracker;
@@ -58,7 +58,7 @@ pub fn run(
         .create_with_context(DeliveryTracker::new(config.changelog_topic()))
         .map_err(|e| RunError::kafka("creating the producer", e))?;
     let changelog_client: BaseConsumer =
-        config.restore_consumer_config().create().map_err(|e| RunError::kafka("creating the changelog client", e))?;
+        config.changelog_client_config().create().map_err(|e| RunError::kafka("creating the changelog client", e))?;
     let metadata = setup::wait_for_brokers(&changelog_client, &config)?;
     let partitions = setup::input_partitions(&metadata, &config)?;
     setup::ensure_output_topics(&metadata, &config, partitions)?;
@@ -77,7 +77,9 @@ pub fn run(
         })?;
     }
     setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
-    let changelog = Changelog { topic: config.changelog_topic(), client: changelog_client, partitions };
+    let topic = config.changelog_topic();
+    let described = describe_changelog(&config, &topic)?;
+    let changelog = Changelog { topic, client: changelog_client, partitions, described };
     let status = &watch.status;
     let engine = Arc::new(Mutex::new(Engine::new(
         config.clone(),
@@ -140,31 +142,22 @@ fn process_until_stopped(
             }
         }
         let mut engine = lock(engine);
-        if let Some(failure) = engine.take_failure() {
-            return Err(failure);
-        }
-        engine.pause_restoring(consumer)?;
-        engine.finish_restores(consumer)?;
-        let mut round = engine.process_ready(consumer, now_ms());
+        // A failure in a rebalance callback (a commit before revocation that met a fence, say)
+        // is recovered from exactly as one in the loop: the callback already dropped its round.
+        let mut round = match engine.take_failure() {
+            Some(failure) => Err(failure),
+            None => engine
+                .pause_restoring(consumer)
+                .and_then(|()| engine.finish_restores(consumer))
+                .and_then(|()| engine.process_ready(consumer, now_ms())),
+        };
         if round.is_ok() && last_commit.elapsed() >= commit_every {
             round = engine.commit(consumer);
             last_commit = Instant::now();
+            engine.delete_released_stores();
         }
-        match round {
-            Ok(()) => {}
-            Err(e @ (RunError::TransactionAborted { .. } | RunError::OutputsRefused(_))) => {
-                tracing::warn!("{e}; rewinding to the last commit and going on");
-                engine.abort_and_rewind(consumer)?;
-            }
-            // Fenced once: a stalled instance whose transaction timed out, or a newer instance
-            // with the same id that is gone again. Fenced again soon: two live instances share
-            // the id, and taking it back would fence the other in turn; stop and say so.
-            Err(RunError::Fenced(id)) if last_fence.is_none_or(|at: Instant| at.elapsed() > FENCED_AGAIN_WITHIN) => {
-                tracing::warn!("fenced: a newer producer took over `{id}`; closing the partitions and starting again");
-                last_fence = Some(Instant::now());
-                engine.rejoin_after_fence(consumer)?;
-            }
-            Err(e) => return Err(e),
+        if let Err(e) = round {
+            recover(&mut engine, consumer, e, &mut last_fence)?;
         }
         if last_report.elapsed() >= watch.report_every {
             let counters = engine.counters(watch.status.total_lag(&engine.committed_offsets()));
@@ -175,6 +168,35 @@ fn process_until_stopped(
         }
     }
     lock(engine).commit(consumer)
+}
+
+/// Goes on after a failed round where that is safe, or returns the error that stops the loop.
+/// `last_fence` is when this instance was last fenced.
+fn recover(
+    engine: &mut Engine,
+    consumer: &BaseConsumer<InputContext>,
+    error: RunError,
+    last_fence: &mut Option<Instant>,
+) -> Result<(), RunError> {
+    match error {
+        e @ (RunError::TransactionAborted { .. } | RunError::OutputsRefused(_)) => {
+            tracing::warn!("{e}; rewinding to the last commit and going on");
+            match engine.abort_and_rewind(consumer) {
+                // Fenced meanwhile: the abort itself is refused.
+                Err(fenced @ RunError::Fenced(_)) => recover(engine, consumer, fenced, last_fence),
+                other => other,
+            }
+        }
+        // Fenced once: a stalled instance whose transaction timed out, or a newer instance with
+        // the same id that is gone again. Fenced again soon: two live instances share the id,
+        // and taking it back would fence the other in turn; stop and say so.
+        RunError::Fenced(id) if last_fence.is_none_or(|at| at.elapsed() > FENCED_AGAIN_WITHIN) => {
+            tracing::warn!("fenced: a newer producer took over `{id}`; closing the partitions and starting again");
+            *last_fence = Some(Instant::now());
+            engine.rejoin_after_fence(consumer)
+        }
+        e => Err(e),
+    }
 }
 
 /// Logs a consumer error that the client recovers from by itself; stops on one it cannot.

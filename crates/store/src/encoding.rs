@@ -160,6 +160,14 @@ pub(crate) const SEEN_OLDEST: &[u8] = b"seen_oldest";
 /// `meta` key of the next changelog offset the store reflects. Local bookkeeping: it is never
 /// itself written to the changelog.
 pub(crate) const CHANGELOG_NEXT: &[u8] = b"changelog_next";
+/// `meta` key of when the changelog record before `changelog_next` was written (epoch ms).
+/// Local bookkeeping, like [`CHANGELOG_NEXT`].
+pub(crate) const CHANGELOG_WRITTEN_AT: &[u8] = b"changelog_written_at";
+/// `meta` key of the id of the changelog topic the store's content comes from. Local
+/// bookkeeping, like [`CHANGELOG_NEXT`].
+pub(crate) const CHANGELOG_ID: &[u8] = b"changelog_id";
+/// The `meta` keys that are the store's own bookkeeping: never in a changelog.
+pub(crate) const LOCAL_META: [&[u8]; 3] = [CHANGELOG_NEXT, CHANGELOG_WRITTEN_AT, CHANGELOG_ID];
 /// Prefix of the `meta` keys holding input positions.
 pub(crate) const POSITION_PREFIX: &[u8] = b"position\0";
 

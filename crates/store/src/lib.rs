@@ -68,4 +68,6 @@ mod store;
 
 pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
-pub use store::{InputPosition, KeptExplanation, ProvisionedUser, RestoreBatch, StateStore, StoreOptions};
+pub use store::{
+    ChangelogPosition, InputPosition, KeptExplanation, ProvisionedUser, RestoreBatch, StateStore, StoreOptions,
+};

@@ -28,6 +28,17 @@ pub struct InputPosition {
     pub next_offset: i64,
 }
 
+/// How far a store reflects its changelog partition, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangelogPosition {
+    /// The next changelog offset the store reflects.
+    pub next: i64,
+    /// When the changelog record before `next` was written (epoch ms), or earlier: every record
+    /// from `next` on was written after it. Says whether the compaction of the changelog may
+    /// since have dropped deletions that a tail restore from `next` would need.
+    pub written_at: i64,
+}
+
 /// How a [`StateStore`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -176,12 +187,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// Persists all staged writes plus input positions, and the changelog offset they reach
+    /// Persists all staged writes plus input positions, and the changelog position they reach
     /// (`None`: unchanged), in one atomic write, then clears the stage. On error nothing
     /// is written and the stage is kept.
-    pub fn commit(&mut self, positions: &[InputPosition], changelog_next: Option<i64>) -> Result<(), StoreError> {
+    pub fn commit(
+        &mut self,
+        positions: &[InputPosition],
+        changelog: Option<ChangelogPosition>,
+    ) -> Result<(), StoreError> {
         let writes: usize = self.staged.iter().map(BTreeMap::len).sum();
-        if writes == 0 && positions.is_empty() && changelog_next.is_none() {
+        if writes == 0 && positions.is_empty() && changelog.is_none() {
             // Nothing to persist: skip the fsync.
             return Ok(());
         }
@@ -201,8 +216,8 @@ impl StateStore {
             let value = self.encode(Family::Meta, &key, position)?;
             batch.put_cf(meta, key, value);
         }
-        if let Some(next) = changelog_next {
-            batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
+        if let Some(changelog) = changelog {
+            self.put_changelog_position(&mut batch, changelog)?;
         }
         // Not synced: RocksDB's log keeps batches in order, so after a machine crash the store
         // holds a prefix of them and is at most behind its changelog, whose tail restores the rest
@@ -273,6 +288,43 @@ impl StateStore {
         self.read_committed(Family::Meta, encoding::CHANGELOG_NEXT)
     }
 
+    /// How far the store reflects its changelog and since when (`None`: it never recorded a
+    /// position). A store that recorded no time counts as written at the epoch's start: too old
+    /// for its tail to be trusted.
+    pub fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StoreError> {
+        let Some(next) = self.changelog_next()? else { return Ok(None) };
+        let written_at = self.read_committed(Family::Meta, encoding::CHANGELOG_WRITTEN_AT)?.unwrap_or(0);
+        Ok(Some(ChangelogPosition { next, written_at }))
+    }
+
+    /// The id of the changelog topic the store's content comes from (`None`: not recorded).
+    pub fn changelog_id(&self) -> Result<Option<String>, StoreError> {
+        self.read_committed(Family::Meta, encoding::CHANGELOG_ID)
+    }
+
+    /// Records the id of the changelog topic the store's content comes from: a store whose id
+    /// differs from its changelog's belongs to another history (the topic was deleted and
+    /// created again, by a reset say) and is restored in full.
+    pub fn set_changelog_id(&self, id: &str) -> Result<(), StoreError> {
+        let key = encoding::CHANGELOG_ID;
+        let value = self.encode(Family::Meta, key, &id)?;
+        self.db.put_cf(self.cf(Family::Meta)?, key, value).map_err(|source| StoreError::Commit {
+            path: self.path.clone(),
+            writes: 1,
+            positions: 0,
+            source,
+        })
+    }
+
+    fn put_changelog_position(&self, batch: &mut WriteBatch, changelog: ChangelogPosition) -> Result<(), StoreError> {
+        let meta = self.cf(Family::Meta)?;
+        let ChangelogPosition { next, written_at } = changelog;
+        batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
+        let key = encoding::CHANGELOG_WRITTEN_AT;
+        batch.put_cf(meta, key, self.encode(Family::Meta, key, &written_at)?);
+        Ok(())
+    }
+
     /// Applies a changelog record read back from Kafka (restore), bypassing decisions and the
     /// stage. Refuses records that are not a store write, or whose value does not decode.
     ///
@@ -328,16 +380,15 @@ impl StateStore {
     ///
     /// Without RocksDB's log, like [`StateStore::restore`]: whatever a crash leaves is a prefix of
     /// the batches (families flush together), and the position in it says how far it got.
-    pub fn apply_restore(&self, prepared: RestoreBatch, next: Option<i64>) -> Result<(), StoreError> {
+    pub fn apply_restore(&self, prepared: RestoreBatch, reached: Option<ChangelogPosition>) -> Result<(), StoreError> {
         let RestoreBatch { mut batch, integrations, seen } = prepared;
         // Sequence numbers of the seen ids this batch remembers, for a forget later in the batch.
         let mut sequences: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for (key, value) in seen {
             self.restore_seen_order(&mut batch, &mut sequences, key, value)?;
         }
-        if let Some(next) = next {
-            let value = self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?;
-            batch.put_cf(self.cf(Family::Meta)?, encoding::CHANGELOG_NEXT, value);
+        if let Some(reached) = reached {
+            self.put_changelog_position(&mut batch, reached)?;
         }
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
@@ -394,18 +445,19 @@ impl StateStore {
         };
         let (name, key) = changelog::split_key(record_key).ok_or_else(|| unknown(record_key))?;
         let family = std::str::from_utf8(name).ok().and_then(Family::from_name).ok_or_else(|| unknown(name))?;
-        if (family == Family::Meta && key == encoding::CHANGELOG_NEXT) || !family.restorable() {
+        if (family == Family::Meta && encoding::LOCAL_META.contains(&key)) || !family.restorable() {
             // Local bookkeeping never belongs in a changelog.
             return Err(unknown(record_key));
         }
         Ok((family, key))
     }
 
-    /// Ends a restore (finished or interrupted): records that the store reflects its changelog
-    /// up to `next` (exclusive) and flushes every family, so the restored records, which went
-    /// around RocksDB's log, are on disk before later writes go through it.
-    pub fn finish_restore(&self, next: i64) -> Result<(), StoreError> {
-        self.apply_restore(RestoreBatch::default(), Some(next))?;
+    /// Ends a restore (finished or interrupted): records the changelog position it `reached`
+    /// (`None`: it applied nothing, the store's own stands) and flushes every family, so the
+    /// restored records, which went around RocksDB's log, are on disk before later writes go
+    /// through it.
+    pub fn finish_restore(&self, reached: Option<ChangelogPosition>) -> Result<(), StoreError> {
+        self.apply_restore(RestoreBatch::default(), reached)?;
         let families = Family::ALL.map(|family| self.cf(family)).into_iter().collect::<Result<Vec<_>, _>>()?;
         self.db
             .flush_cfs_opt(&families, &rocksdb::FlushOptions::default())

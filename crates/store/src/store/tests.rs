@@ -204,13 +204,13 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
         let positions = [position("crm.changes", 0, i as i64 + 1)];
         let records = source.changelog_records(&positions).expect("lists");
         next += records.len() as i64 + 1;
-        source.commit(&positions, Some(next)).expect("commits");
+        source.commit(&positions, Some(at(next))).expect("commits");
         let prepared =
             target.prepare_restore(records.iter().map(|r| (&r.key[..], r.value.as_deref()))).expect("checks");
-        target.apply_restore(prepared, Some(next)).expect("restores");
+        target.apply_restore(prepared, Some(at(next))).expect("restores");
         assert_eq!(target.changelog_next().expect("reads"), Some(next), "each batch carries its position");
     }
-    target.finish_restore(next).expect("finishes");
+    target.finish_restore(Some(at(next))).expect("finishes");
     drop(target);
 
     let target = open(&target_dir);
@@ -221,8 +221,8 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
     assert!(target.has_seen("acme", "e2").expect("reads"));
     assert_eq!(target.counter(encoding::SEEN_NEXT).expect("reads"), 2);
     assert_eq!(target.positions().expect("reads"), vec![position("crm.changes", 0, 2)]);
-    assert_eq!(target.changelog_next().expect("reads"), Some(next));
-    assert_eq!(source.changelog_next().expect("reads"), Some(next));
+    assert_eq!(target.changelog_position().expect("reads"), Some(at(next)));
+    assert_eq!(source.changelog_position().expect("reads"), Some(at(next)));
 }
 
 #[test]
@@ -233,8 +233,10 @@ fn restore_rejects_foreign_records_and_corrupted_values() {
     assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
     let error = store.restore(b"no separator", Some(b"{}")).expect_err("not a store write");
     assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
-    let error = store.restore(b"meta\0changelog_next", Some(b"5")).expect_err("local bookkeeping");
-    assert!(matches!(error, StoreError::UnknownFamily { .. }), "{error}");
+    for local in ["changelog_next", "changelog_written_at", "changelog_id"] {
+        let error = store.restore(format!("meta\0{local}").as_bytes(), Some(b"5")).expect_err("local bookkeeping");
+        assert!(matches!(error, StoreError::UnknownFamily { .. }), "{local}: {error}");
+    }
     let error = store.restore(b"ledger\0acme\0a1", Some(b"not json")).expect_err("corrupted");
     assert!(matches!(error, StoreError::Decode { family: "ledger", .. }), "{error}");
     assert!(error.to_string().contains("acme\\x00a1"), "names the key: {error}");
@@ -248,12 +250,44 @@ fn a_destroyed_store_opens_empty() {
     let path = dir.path().join("0");
     let mut store = StateStore::open(&path, StoreOptions::default()).expect("opens");
     store.stage(&[put_team("acme", "u1", "ny")]).expect("stages");
-    store.commit(&[position("crm.changes", 0, 1)], Some(3)).expect("commits");
+    store.commit(&[position("crm.changes", 0, 1)], Some(at(3))).expect("commits");
     assert_eq!(store.destroy().expect("destroys"), path);
     let store = StateStore::open(&path, StoreOptions::default()).expect("opens");
     assert_eq!(store.team_of("acme", "u1").expect("reads"), None);
     assert_eq!(store.changelog_next().expect("reads"), None);
     assert!(store.positions().expect("reads").is_empty());
+}
+
+/// The changelog position written at a commit or restore `next`: stamped `next` seconds.
+fn at(next: i64) -> ChangelogPosition {
+    ChangelogPosition { next, written_at: next * 1_000 }
+}
+
+#[test]
+fn the_changelog_a_store_comes_from_is_kept_until_it_is_destroyed() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("0");
+    let mut store = StateStore::open(&path, StoreOptions::default()).expect("opens");
+    assert_eq!(store.changelog_id().expect("reads"), None);
+    assert_eq!(store.changelog_position().expect("reads"), None);
+    store.set_changelog_id("topic-id-1").expect("records");
+    store.commit(&[position("crm.changes", 0, 1)], Some(at(4))).expect("commits");
+    drop(store);
+    let store = StateStore::open(&path, StoreOptions::default()).expect("opens");
+    assert_eq!(store.changelog_id().expect("reads").as_deref(), Some("topic-id-1"));
+    assert_eq!(store.changelog_position().expect("reads"), Some(at(4)));
+    store.destroy().expect("destroys");
+    let store = StateStore::open(&path, StoreOptions::default()).expect("opens");
+    assert_eq!(store.changelog_id().expect("reads"), None);
+}
+
+#[test]
+fn a_position_without_its_time_counts_as_written_long_ago() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = open(&dir);
+    let meta = store.cf(Family::Meta).expect("family");
+    store.db.put_cf(meta, encoding::CHANGELOG_NEXT, encoding::encode(&7i64).expect("encodes")).expect("writes");
+    assert_eq!(store.changelog_position().expect("reads"), Some(ChangelogPosition { next: 7, written_at: 0 }));
 }
 
 #[test]
@@ -546,9 +580,9 @@ fn a_crash_during_a_restore_leaves_a_prefix_with_its_position() {
     if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
         let store = StateStore::open(std::path::Path::new(&dir), StoreOptions::default()).expect("store opens");
         for i in 1..=6 {
-            store.apply_restore(team_batch(&store, i), Some(i)).expect("restores");
+            store.apply_restore(team_batch(&store, i), Some(at(i))).expect("restores");
             if i == 3 {
-                store.finish_restore(3).expect("flushes");
+                store.finish_restore(Some(at(3))).expect("flushes");
             }
         }
         std::process::abort();

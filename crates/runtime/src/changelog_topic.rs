@@ -1,0 +1,133 @@
+//! What the brokers say of the changelog topic that decides how a store is restored (see
+//! [`crate::restore`]): the topic's id, which a topic deleted and created again under the same
+//! name (a reset) does not keep, and how long its compaction keeps a deletion.
+
+use std::ffi::{CStr, CString};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::bindings as ffi;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::error::RunError;
+
+/// Kafka's default `delete.retention.ms` (one day), for a topic that does not report its own.
+const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+
+/// The changelog topic as the brokers describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogTopic {
+    /// Its id (`None`: brokers too old to have topic ids, or librdkafka's mock cluster).
+    pub id: Option<String>,
+    /// How long it keeps a deletion: `delete.retention.ms`.
+    pub deletions_kept_ms: i64,
+}
+
+/// Describes `topic` (the changelog): its id and `delete.retention.ms`.
+pub fn describe(config: &Config, topic: &str, timeout: Duration) -> Result<ChangelogTopic, RunError> {
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
+    let id = topic_id(admin.inner(), topic, timeout)?;
+    let deletions_kept_ms = delete_retention_ms(&admin, topic, timeout)?;
+    Ok(ChangelogTopic { id, deletions_kept_ms })
+}
+
+fn delete_retention_ms(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i64, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let results = runtime
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
+        .map_err(|e| RunError::kafka(format!("describing the configuration of `{topic}`"), e))?;
+    let mut kept = None;
+    for result in results {
+        let resource = result
+            .map_err(|code| RunError::Topics(format!("describing the configuration of `{topic}` failed: {code}")))?;
+        kept = resource.get("delete.retention.ms").and_then(|entry| entry.value.as_deref()?.parse().ok());
+    }
+    Ok(kept.unwrap_or(DEFAULT_DELETE_RETENTION_MS))
+}
+
+/// The id of `topic` in base64, as Kafka's tools print it; `None` where the brokers have none
+/// to give (the all-zero id, or a cluster that does not describe topics).
+pub fn topic_id<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<String>, RunError> {
+    let failed = |why: String| RunError::Topics(format!("describing topic `{topic}` failed: {why}"));
+    let name = CString::new(topic).map_err(|_| failed("the name holds a NUL byte".into()))?;
+    let mut names = [name.as_ptr()];
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: every handle created here is destroyed here, after its last use; the strings read
+    // from the result are copied before the event that owns them is destroyed. librdkafka's
+    // admin calls accept any client handle.
+    unsafe {
+        let rk = client.native_ptr();
+        let collection = ffi::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), names.len());
+        let queue = ffi::rd_kafka_queue_new(rk);
+        ffi::rd_kafka_DescribeTopics(rk, collection, std::ptr::null(), queue);
+        let event = ffi::rd_kafka_queue_poll(queue, timeout_ms);
+        let outcome = if event.is_null() {
+            Err(failed(format!("no answer within {timeout:?}")))
+        } else {
+            let outcome = described_id(event);
+            ffi::rd_kafka_event_destroy(event);
+            outcome.map_err(failed)
+        };
+        ffi::rd_kafka_queue_destroy(queue);
+        ffi::rd_kafka_TopicCollection_destroy(collection);
+        outcome
+    }
+}
+
+/// The topic id in a DescribeTopics result event.
+///
+/// # Safety
+/// `event` must be a live DescribeTopics result event.
+unsafe fn described_id(event: *mut ffi::rd_kafka_event_t) -> Result<Option<String>, String> {
+    let code = RDKafkaErrorCode::from(ffi::rd_kafka_event_error(event));
+    if code == RDKafkaErrorCode::UnsupportedVersion || code == RDKafkaErrorCode::InvalidRequest {
+        return Ok(None);
+    }
+    if code != RDKafkaErrorCode::NoError {
+        return Err(text(ffi::rd_kafka_event_error_string(event)).unwrap_or_else(|| code.to_string()));
+    }
+    let result = ffi::rd_kafka_event_DescribeTopics_result(event);
+    let mut count = 0;
+    let topics = ffi::rd_kafka_DescribeTopics_result_topics(result, &mut count);
+    if topics.is_null() || count == 0 {
+        return Err("the answer describes no topic".into());
+    }
+    let description = *topics;
+    let error = ffi::rd_kafka_TopicDescription_error(description);
+    if !error.is_null() {
+        let code = RDKafkaErrorCode::from(ffi::rd_kafka_error_code(error));
+        if code != RDKafkaErrorCode::NoError {
+            return Err(text(ffi::rd_kafka_error_string(error)).unwrap_or_else(|| code.to_string()));
+        }
+    }
+    let id = ffi::rd_kafka_TopicDescription_topic_id(description);
+    if id.is_null()
+        || (ffi::rd_kafka_Uuid_most_significant_bits(id) == 0 && ffi::rd_kafka_Uuid_least_significant_bits(id) == 0)
+    {
+        return Ok(None);
+    }
+    Ok(text(ffi::rd_kafka_Uuid_base64str(id)))
+}
+
+/// A C string librdkafka owns, copied.
+///
+/// # Safety
+/// `s` is null or a valid NUL-terminated string.
+unsafe fn text(s: *const std::os::raw::c_char) -> Option<String> {
+    (!s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned())
+}
