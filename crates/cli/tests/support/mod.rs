@@ -206,6 +206,18 @@ impl Broker {
         assert!(results.iter().all(Result::is_ok), "adding partitions to {topic}: {results:?}");
     }
 
+    /// Deletes a topic, and waits until the metadata no longer shows it.
+    pub fn delete_topic(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = runtime.block_on(admin.delete_topics(&[topic], &AdminOptions::new())).unwrap();
+        assert!(results.iter().all(Result::is_ok), "deleting {topic}: {results:?}");
+        wait_for(&format!("{topic} deleted"), Duration::from_secs(30), || {
+            (!self.partition_counts().contains_key(topic)).then_some(())
+        });
+    }
+
     /// Deletes every record of every partition of `topic` (as retention would, in time).
     pub fn delete_all_records(&self, topic: &str) {
         let admin: AdminClient<DefaultClientContext> =
@@ -220,15 +232,23 @@ impl Broker {
         assert!(result.elements().iter().all(|e| e.error().is_ok()), "deleting the records of {topic}: {result:?}");
     }
 
-    /// Sets one configuration property of a topic.
+    /// Sets one configuration property of a topic (and resets the others it had set: Kafka's
+    /// AlterConfigs replaces a topic's whole configuration).
     pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        self.set_topic_configs(topic, &[(key, value)]);
+    }
+
+    /// Sets a topic's configuration to these properties (the others go back to their defaults).
+    pub fn set_topic_configs(&self, topic: &str, properties: &[(&str, &str)]) {
         use rdkafka::admin::{AlterConfig, ResourceSpecifier};
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let change = properties
+            .iter()
+            .fold(AlterConfig::new(ResourceSpecifier::Topic(topic)), |change, (key, value)| change.set(key, value));
         let results = runtime.block_on(admin.alter_configs(&[change], &AdminOptions::new())).unwrap();
-        assert!(results.iter().all(Result::is_ok), "setting {key} of {topic}: {results:?}");
+        assert!(results.iter().all(Result::is_ok), "setting {properties:?} of {topic}: {results:?}");
     }
 }
 
