@@ -630,26 +630,35 @@ fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     );
 }
 
-/// Waits until a read_uncommitted reader sees records in the output topics: the processor has
-/// sent outputs, committed or not (under a long commit interval: in its open transaction).
-fn wait_until_outputs_sent(broker: &Broker, topics: &Topics, processor: &mut Processor) {
+/// Waits until the processor has sent every output of what it was given, committed or not
+/// (under a long commit interval: into its open transaction): a read_uncommitted reader sees
+/// records in the output topics, and their count stops moving for two seconds.
+fn wait_until_outputs_settle(broker: &Broker, topics: &Topics, processor: &mut Processor) {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("group.id", "crmflow-test-uncommitted")
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
-    wait_for("outputs in the open transaction", Duration::from_secs(60), || {
-        assert!(processor.exited().is_none(), "{}", processor.logs());
-        let sent: i64 = topics
+    let sent = || -> i64 {
+        topics
             .names
             .outputs()
             .iter()
             .flat_map(|topic| (0..topics.partitions).map(move |p| (topic, p)))
             .filter_map(|(topic, p)| reader.fetch_watermarks(topic, p, Duration::from_secs(10)).ok())
             .map(|(_, high)| high)
-            .sum();
-        (sent > 0).then_some(())
+            .sum()
+    };
+    let (mut last, mut since) = (sent(), Instant::now());
+    wait_for("outputs sent into the open transaction", Duration::from_secs(120), || {
+        assert!(processor.exited().is_none(), "{}", processor.logs());
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        (last > 0 && since.elapsed() >= Duration::from_secs(2)).then_some(())
     });
 }
 
@@ -696,7 +705,8 @@ fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
     let half = lines.len() / 2;
     produce_lines(broker, &topics, &lines[..half]);
-    wait_until_outputs_sent(broker, &topics, &mut a);
+    // Quiet before the fence: the next transactional request is the revocation's commit.
+    wait_until_outputs_settle(broker, &topics, &mut a);
     let usurper: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("transactional.id", format!("{name}.a"))

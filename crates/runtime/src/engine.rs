@@ -38,6 +38,10 @@ use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Tim
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a fenced instance waits before it starts transactions again (see
+/// [`Engine::rejoin_after_fence`]).
+const FENCED_PAUSE: Duration = Duration::from_secs(2);
+
 /// Buffered records from which the partitions are processed on several threads.
 const PARALLEL_FROM: usize = 256;
 
@@ -517,6 +521,12 @@ impl Engine {
         self.outputs.clear();
         self.in_transaction = false;
         self.forget_round();
+        // The producer that fenced this one may still be finishing its own start: the
+        // coordinator answers it "concurrent transactions" until it has aborted the transaction
+        // it fenced, and it asks again. Taking the id back meanwhile would be fenced by that
+        // retry at once, and count as a second fence (a replacement woken zombie's restart
+        // would stop the replacement). So wait for that first.
+        std::thread::sleep(FENCED_PAUSE);
         let producer: ThreadedProducer<DeliveryTracker> = self
             .config
             .producer_config()
