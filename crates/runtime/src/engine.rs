@@ -490,6 +490,10 @@ impl Engine {
                 .abort_transaction(CLIENT_TIMEOUT)
                 .map_err(|e| self.transaction_error("aborting the transaction", e))?;
             self.in_transaction = false;
+        } else if let Err(e) = flush_delivered(&self.producer, CLIENT_TIMEOUT) {
+            // at_least_once: what the round sent settles first, so its reports are not taken
+            // for the next round's.
+            tracing::warn!("waiting for the dropped round's deliveries: {e}");
         }
         let tracker = self.producer.context();
         tracker.take_changelog_next();
@@ -663,6 +667,16 @@ impl Engine {
                 tracing::warn!(topic = %record.topic, bytes = record.payload.len(), "dead letter too large; sent without its value");
                 let small = record.without_payload("above the producer's message.max.bytes");
                 send_waiting(&self.producer, base_record(&small, opaque))
+            }
+            // Any other output that large can never be published either: its input record is
+            // set aside as a dead letter, as when the broker refuses an output for good.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                self.producer.context().reject(opaque, RDKafkaErrorCode::MessageSizeTooLarge);
+                return Err(RunError::OutputsRefused(format!(
+                    "an output to {} of {} bytes is above the producer's message.max.bytes",
+                    record.topic,
+                    record.payload.len()
+                )));
             }
             other => other,
         }

@@ -36,6 +36,12 @@ impl DeliveryTracker {
         std::mem::take(&mut *self.rejected.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Notes a record (by its opaque) that can never be sent, though no delivery report says so:
+    /// the producer refused it before sending (larger than its `message.max.bytes`).
+    pub fn reject(&self, origin: usize, code: RDKafkaErrorCode) {
+        self.rejected.lock().unwrap_or_else(PoisonError::into_inner).push((origin, code));
+    }
+
     /// Whether the broker refused records for good since the last [`DeliveryTracker::take_rejected`].
     pub fn has_rejected(&self) -> bool {
         !self.rejected.lock().unwrap_or_else(PoisonError::into_inner).is_empty()

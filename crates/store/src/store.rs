@@ -151,13 +151,20 @@ impl StateStore {
         })
     }
 
-    /// Whether the store holds nothing at all (a new store).
+    /// Whether the store holds nothing but its own bookkeeping (a new store, perhaps told which
+    /// changelog it belongs to).
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         for family in Family::ALL {
             let cf = self.cf(family)?;
-            if let Some(item) = self.db.iterator_cf(cf, IteratorMode::Start).next() {
-                item.map_err(|source| StoreError::Iterate { path: self.path.clone(), family: family.name(), source })?;
-                return Ok(false);
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                let (key, _) = item.map_err(|source| StoreError::Iterate {
+                    path: self.path.clone(),
+                    family: family.name(),
+                    source,
+                })?;
+                if family != Family::Meta || !encoding::LOCAL_META.contains(&&key[..]) {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)

@@ -271,6 +271,7 @@ fn the_changelog_a_store_comes_from_is_kept_until_it_is_destroyed() {
     assert_eq!(store.changelog_id().expect("reads"), None);
     assert_eq!(store.changelog_position().expect("reads"), None);
     store.set_changelog_id("topic-id-1").expect("records");
+    assert!(store.is_empty().expect("reads"), "its own bookkeeping is no data");
     store.commit(&[position("crm.changes", 0, 1)], Some(at(4))).expect("commits");
     drop(store);
     let store = StateStore::open(&path, StoreOptions::default()).expect("opens");
