@@ -630,35 +630,27 @@ fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     );
 }
 
-/// Waits until the processor has sent every output of what it was given, committed or not
-/// (under a long commit interval: into its open transaction): a read_uncommitted reader sees
-/// records in the output topics, and their count stops moving for two seconds.
-fn wait_until_outputs_settle(broker: &Broker, topics: &Topics, processor: &mut Processor) {
+/// Waits until the processor has sent `expected` outputs, committed or not (under a long
+/// commit interval, before its first commit: into its open transaction, which holds no
+/// transaction marker yet), as a read_uncommitted reader counts them.
+fn wait_until_outputs_sent(broker: &Broker, topics: &Topics, processor: &mut Processor, expected: usize) {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("group.id", "crmflow-test-uncommitted")
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
-    let sent = || -> i64 {
-        topics
+    wait_for(&format!("{expected} outputs sent into the open transaction"), Duration::from_secs(120), || {
+        assert!(processor.exited().is_none(), "{}", processor.logs());
+        let sent: i64 = topics
             .names
             .outputs()
             .iter()
             .flat_map(|topic| (0..topics.partitions).map(move |p| (topic, p)))
             .filter_map(|(topic, p)| reader.fetch_watermarks(topic, p, Duration::from_secs(10)).ok())
             .map(|(_, high)| high)
-            .sum()
-    };
-    let (mut last, mut since) = (sent(), Instant::now());
-    wait_for("outputs sent into the open transaction", Duration::from_secs(120), || {
-        assert!(processor.exited().is_none(), "{}", processor.logs());
-        std::thread::sleep(Duration::from_millis(500));
-        let now = sent();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-        (last > 0 && since.elapsed() >= Duration::from_secs(2)).then_some(())
+            .sum();
+        (sent >= expected as i64).then_some(())
     });
 }
 
@@ -703,10 +695,12 @@ fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
     ];
     let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, Guarantee::ExactlyOnce, &env);
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
-    let half = lines.len() / 2;
+    // Few enough to be processed well within the first commit interval, even on a busy machine.
+    let half = 5_000;
     produce_lines(broker, &topics, &lines[..half]);
-    // Quiet before the fence: the next transactional request is the revocation's commit.
-    wait_until_outputs_settle(broker, &topics, &mut a);
+    // Every output of the first half sent, and nothing more to send: the next transactional
+    // request is the revocation's commit.
+    wait_until_outputs_sent(broker, &topics, &mut a, simulate(&lines[..half]).len());
     let usurper: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("transactional.id", format!("{name}.a"))
