@@ -318,6 +318,20 @@ fn an_oversized_bad_record_becomes_a_small_dead_letter() {
     assert!(dead.headers["crmflow.value.dropped"].starts_with("2097152 bytes"), "{:?}", dead.headers);
 }
 
+/// Runs crmflow (exactly_once) over what `topics` hold, stops it, and fails unless every output
+/// but the dead letters is exactly `expected`; returns the dead letters.
+fn run_to_the_end(broker: &Broker, topics: &Topics, name: &str, expected: &[Envelope]) -> Vec<Consumed> {
+    let state = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(broker, topics, &state.path().join("s"), name, Guarantee::ExactlyOnce, &[]);
+    wait_until_processed(broker, topics, name, &mut processor, Duration::from_secs(90));
+    assert!(processor.stop().success(), "{}", processor.logs());
+    let dlq = crmflow_codec::TopicNames::default().dead_letters;
+    let (dead, actual): (Vec<Consumed>, Vec<Consumed>) =
+        read_outputs(broker, topics).into_iter().partition(|r| r.topic == dlq);
+    compare(expected, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+    dead
+}
+
 /// A malformed record the producer may send (500 KB) but the dead-letter topic refuses
 /// (`max.message.bytes` 100,000): its dead letter is refused, set aside and sent again as one
 /// saying so, which the broker refuses again; that one goes out without the value, and every
@@ -336,13 +350,7 @@ fn a_dead_letter_too_large_for_its_topic_goes_out_without_its_value() {
     let expected: Vec<Envelope> = simulate(&lines).into_iter().filter(|e| e.topic != dlq).collect();
     produce_lines(broker, &topics, &lines);
 
-    let state = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(broker, &topics, &state.path().join("s"), name, Guarantee::ExactlyOnce, &[]);
-    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(90));
-    assert!(processor.stop().success(), "{}", processor.logs());
-    let (dead, actual): (Vec<Consumed>, Vec<Consumed>) =
-        read_outputs(broker, &topics).into_iter().partition(|r| r.topic == dlq);
-    compare(&expected, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+    let dead = run_to_the_end(broker, &topics, name, &expected);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].value.is_empty());
     assert_eq!(dead[0].headers["crmflow.error.kind"], "rejected_by_broker", "{:?}", dead[0].headers);
@@ -385,13 +393,7 @@ fn an_output_too_large_to_send_sets_its_record_aside() {
     producer.flush(Duration::from_secs(30)).unwrap();
     produce_lines(broker, &topics, &input[2..]);
 
-    let state = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(broker, &topics, &state.path().join("s"), name, Guarantee::ExactlyOnce, &[]);
-    wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(90));
-    assert!(processor.stop().success(), "{}", processor.logs());
-    let (dead, actual): (Vec<Consumed>, Vec<Consumed>) =
-        read_outputs(broker, &topics).into_iter().partition(|r| r.topic == dlq);
-    compare(&expected, &actual, Duplicates::Fail).unwrap_or_else(|diff| panic!("{diff}\n{}", processor.logs()));
+    let dead = run_to_the_end(broker, &topics, name, &expected);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].headers["crmflow.error.kind"], "rejected_by_broker", "{:?}", dead[0].headers);
     assert!(dead[0].headers["crmflow.value.dropped"].contains("message.max.bytes"), "{:?}", dead[0].headers);

@@ -95,6 +95,14 @@ fn wait_until_owning(processor: &mut Processor, since: usize, timeout: Duration)
     });
 }
 
+/// `crmflow run` (exactly_once) as instance `id` of application `name`, its state directory
+/// `root/id`, with `env` on top.
+fn instance(broker: &Broker, topics: &Topics, root: &Path, name: &str, id: &str, env: &[(&str, &str)]) -> Processor {
+    let mut env = env.to_vec();
+    env.push(("CRMFLOW_INSTANCE_ID", id));
+    Processor::start(broker, topics, &root.join(id), name, Guarantee::ExactlyOnce, &env)
+}
+
 /// Fails with the difference unless the output topics hold exactly what simulate makes of `lines`.
 fn check_outputs(broker: &Broker, topics: &Topics, lines: &[Vec<u8>], duplicates: Duplicates, logs: &str) {
     let actual = read_outputs(broker, topics);
@@ -163,10 +171,7 @@ fn a_partition_back_from_an_owner_whose_deletions_were_compacted_restores_in_ful
         ],
     );
     let root = tempfile::tempdir().unwrap();
-    let start = |id: &str| {
-        let env = [("CRMFLOW_INSTANCE_ID", id)];
-        Processor::start(broker, &topics, &root.path().join(id), name, Guarantee::ExactlyOnce, &env)
-    };
+    let start = |id: &str| instance(broker, &topics, root.path(), name, id, &[]);
     let mut history = History::new("h");
     for company in COMPANIES {
         history.integration(company);
@@ -234,10 +239,8 @@ fn stores_of_partitions_owned_elsewhere_are_deleted_after_the_cleanup_delay() {
     let name = "state-cleanup";
     let topics = Topics::create(broker, name, 2);
     let root = tempfile::tempdir().unwrap();
-    let start = |id: &str| {
-        let env = [("CRMFLOW_INSTANCE_ID", id), ("CRMFLOW_STATE_CLEANUP_DELAY_MS", "2000")];
-        Processor::start(broker, &topics, &root.path().join(id), name, Guarantee::ExactlyOnce, &env)
-    };
+    let start =
+        |id: &str| instance(broker, &topics, root.path(), name, id, &[("CRMFLOW_STATE_CLEANUP_DELAY_MS", "2000")]);
     let mut history = History::new("h");
     for company in COMPANIES {
         history.integration(company);
@@ -275,10 +278,7 @@ fn a_store_from_before_a_reset_is_restored_in_full_on_any_host() {
     let name = "reset-elsewhere";
     let topics = Topics::create(broker, name, 2);
     let root = tempfile::tempdir().unwrap();
-    let start = |id: &str| {
-        let env = [("CRMFLOW_INSTANCE_ID", id)];
-        Processor::start(broker, &topics, &root.path().join(id), name, Guarantee::ExactlyOnce, &env)
-    };
+    let start = |id: &str| instance(broker, &topics, root.path(), name, id, &[]);
     let mut old = History::new("old");
     for company in COMPANIES {
         old.integration(company);

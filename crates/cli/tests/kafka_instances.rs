@@ -696,11 +696,11 @@ fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
     let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, Guarantee::ExactlyOnce, &env);
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
     // Few enough to be processed well within the first commit interval, even on a busy machine.
-    let half = 5_000;
-    produce_lines(broker, &topics, &lines[..half]);
-    // Every output of the first half sent, and nothing more to send: the next transactional
+    let first = 5_000;
+    produce_lines(broker, &topics, &lines[..first]);
+    // Every output of the first records sent, and nothing more to send: the next transactional
     // request is the revocation's commit.
-    wait_until_outputs_sent(broker, &topics, &mut a, simulate(&lines[..half]).len());
+    wait_until_outputs_sent(broker, &topics, &mut a, simulate(&lines[..first]).len());
     let usurper: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("transactional.id", format!("{name}.a"))
@@ -708,7 +708,7 @@ fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
         .unwrap();
     usurper.init_transactions(Duration::from_secs(30)).unwrap();
     visit_group(broker, &topics, name);
-    produce_lines(broker, &topics, &lines[half..]);
+    produce_lines(broker, &topics, &lines[first..]);
     wait_until_processed(broker, &topics, name, &mut a, Duration::from_secs(300));
     assert!(a.stop().success(), "{}", a.logs());
     let logs = without_backtraces(&a.logs());
