@@ -73,7 +73,6 @@ pub fn topic_id<C: ClientContext>(
     let failed = |why: String| RunError::Topics(format!("describing topic `{topic}` failed: {why}"));
     let name = CString::new(topic).map_err(|_| failed("the name holds a NUL byte".into()))?;
     let mut names = [name.as_ptr()];
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: every handle created here is destroyed here, after its last use; the strings read
     // from the result are copied before the event that owns them is destroyed. librdkafka's
     // admin calls accept any client handle.
@@ -82,7 +81,7 @@ pub fn topic_id<C: ClientContext>(
         let collection = ffi::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), names.len());
         let queue = ffi::rd_kafka_queue_new(rk);
         ffi::rd_kafka_DescribeTopics(rk, collection, std::ptr::null(), queue);
-        let event = ffi::rd_kafka_queue_poll(queue, timeout_ms);
+        let event = ffi::rd_kafka_queue_poll(queue, millis(timeout));
         let outcome = if event.is_null() {
             Err(failed(format!("no answer within {timeout:?}")))
         } else {
@@ -98,10 +97,9 @@ pub fn topic_id<C: ClientContext>(
 
 /// The id of the cluster `client` is connected to (`None`: not known within `timeout`).
 fn cluster_id<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Option<String> {
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: librdkafka returns a string the caller owns (or null), freed here after the copy.
     unsafe {
-        let id = ffi::rd_kafka_clusterid(client.native_ptr(), timeout_ms);
+        let id = ffi::rd_kafka_clusterid(client.native_ptr(), millis(timeout));
         let copied = text(id);
         if !id.is_null() {
             ffi::rd_kafka_mem_free(client.native_ptr(), id.cast());
@@ -143,6 +141,11 @@ unsafe fn described_id(event: *mut ffi::rd_kafka_event_t) -> Result<Option<Strin
         return Ok(None);
     }
     Ok(text(ffi::rd_kafka_Uuid_base64str(id)))
+}
+
+/// `timeout` as librdkafka's `int` milliseconds.
+fn millis(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// A C string librdkafka owns, copied.

@@ -266,9 +266,10 @@ impl Engine {
             ChangelogState { low, high, id: described.id.clone(), deletions_kept_ms: described.deletions_kept_ms };
         let mark = StoreMark::of(&store)?;
         let topic = &self.changelog.topic;
-        let (store, from, written_at) = match restore::plan(&mark, &changelog, now_ms()) {
+        // The changelog id the store to restore records (a store restored in full records none).
+        let (store, from, written_at, recorded) = match restore::plan(&mark, &changelog, now_ms()) {
             RestorePlan::Current => {
-                adopt(&store, &mark, &changelog)?;
+                adopt(&store, mark.changelog_id.as_deref(), &changelog)?;
                 return self.open_task(Some(assignment), partition, store, group);
             }
             RestorePlan::Tail { from } => {
@@ -278,15 +279,15 @@ impl Engine {
                     until = high,
                     "the state store is behind its changelog; restoring the tail"
                 );
-                (store, from, mark.position.map_or(0, |p| p.written_at))
+                (store, from, mark.position.map_or(0, |p| p.written_at), mark.changelog_id)
             }
             RestorePlan::Full { reason } => {
                 tracing::warn!(partition, records = high - low, "{reason}; restoring the store in full from `{topic}`");
                 store.destroy()?;
-                (self.open_store(partition)?, low, 0)
+                (self.open_store(partition)?, low, 0, None)
             }
         };
-        adopt(&store, &StoreMark::of(&store)?, &changelog)?;
+        adopt(&store, recorded.as_deref(), &changelog)?;
         // Nothing is processed until the restore ends; the inputs start where the group is.
         let mut assigned = BTreeMap::new();
         for (_, input) in self.config.topics.inputs() {
@@ -1034,11 +1035,11 @@ fn stores_on_disk(state_dir: &Path) -> Vec<i32> {
     entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_prefix("partition-")?.parse().ok()).collect()
 }
 
-/// Records in `store` (whose `mark` is what it records now) that its content comes from the
-/// `changelog` topic, where the brokers say which one that is.
-fn adopt(store: &StateStore, mark: &StoreMark, changelog: &ChangelogState) -> Result<(), RunError> {
+/// Records in `store` (which records the changelog id `recorded` now) that its content comes
+/// from the `changelog` topic, where the brokers say which one that is.
+fn adopt(store: &StateStore, recorded: Option<&str>, changelog: &ChangelogState) -> Result<(), RunError> {
     match &changelog.id {
-        Some(id) if mark.changelog_id.as_ref() != Some(id) => Ok(store.set_changelog_id(id)?),
+        Some(id) if recorded != Some(id.as_str()) => Ok(store.set_changelog_id(id)?),
         _ => Ok(()),
     }
 }
