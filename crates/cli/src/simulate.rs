@@ -10,7 +10,8 @@ use serde_json::Value;
 use crmflow_codec::{
     dead_letter_headers, decode_input, DecodeError, Encoding, Envelope, ErrorKind, Source, TopicNames,
 };
-use crmflow_domain::{explain, Explanation, MemoryState, OutputEvent, Tally};
+use crmflow_domain::{decide, explain, Explanation, MemoryState, OutputEvent, Tally};
+use crmflow_store::{check_changelog_record_sizes, StoreError, DEFAULT_MAX_CHANGELOG_RECORD_BYTES};
 
 /// What a simulation did, for the summary on stderr.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -233,16 +234,24 @@ fn process_line(
         Ok(event) => event,
         Err(error) => return Err((error, origin())),
     };
-    let (decision, explanation) = if explaining {
-        let (decision, explanation) = match explain(state, &event) {
-            Ok(explained) => explained,
+    let (mut decision, explanation) = if explaining {
+        match explain(&*state, &event) {
+            Ok((decision, explanation)) => (decision, Some(explanation)),
             Err(never) => match never {},
-        };
-        state.apply(decision.changes.clone());
-        (decision, Some(explanation))
+        }
     } else {
-        (state.process(&event), None)
+        match decide(&*state, &event) {
+            Ok(decision) => (decision, None),
+            Err(never) => match never {},
+        }
     };
+    // What `run` sets aside because its changelog could never take it (see crmflow_store).
+    if let Err(StoreError::TooLarge { family, bytes, limit, .. }) =
+        check_changelog_record_sizes(&decision.changes, DEFAULT_MAX_CHANGELOG_RECORD_BYTES)
+    {
+        return Err((DecodeError::state_too_large(family, bytes, limit), origin()));
+    }
+    state.apply(std::mem::take(&mut decision.changes));
     tally.add(&decision.tally);
     Ok(Decided { timestamp: envelope.timestamp, outputs: decision.outputs, explanation })
 }

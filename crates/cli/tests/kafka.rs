@@ -357,6 +357,102 @@ fn a_dead_letter_too_large_for_its_topic_goes_out_without_its_value() {
     assert!(dead[0].headers["crmflow.value.dropped"].contains("too large"), "{:?}", dead[0].headers);
 }
 
+/// A WorkflowSaved of integration acme/sf whose name is `bytes` long (never matching: it
+/// watches Leads), on the settings topic at `timestamp`.
+fn large_workflow(id: &str, bytes: usize, timestamp: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"topic": "integration.settings", "key": "acme", "timestamp": timestamp,
+        "value": {"type": "WorkflowSaved", "company_id": "acme", "integration_id": "sf",
+            "changed_at": "2024-05-01T10:00:02Z", "workflow": {"workflow_id": id, "name": "w".repeat(bytes),
+            "active": true, "object_type": "Lead", "triggers": ["created"], "conditions": [],
+            "activity_type": "Lead", "user_field": "OwnerId"}}}))
+    .unwrap()
+}
+
+/// Issue 18, item 4. Three 400 KB workflows of one integration: its value, which holds every
+/// workflow, would pass the 1 MB the producer sends after the third. That WorkflowSaved is set
+/// aside at the input as a `state_too_large` dead letter naming the limit, as simulate sets it
+/// aside, and every other record is decided as simulate decides it (the first two workflows
+/// kept). Failed before: the changelog send failed on every attempt at that round.
+#[test]
+fn a_workflow_that_would_make_its_integration_too_large_to_store_is_set_aside() {
+    let broker = kafka();
+    let name = "state-too-large";
+    let topics = Topics::create(broker, name, 1);
+    let (input, _) = scenario("seed-walkthrough");
+    let mut lines = input.clone();
+    for (i, id) in ["w-big-1", "w-big-2", "w-big-3"].into_iter().enumerate() {
+        lines.insert(2 + i, large_workflow(id, 400_000, 1_714_557_602_100 + i as i64));
+    }
+    let dlq = crmflow_codec::TopicNames::default().dead_letters;
+    let simulated = simulate(&lines);
+    let expected_dead: Vec<&Envelope> = simulated.iter().filter(|e| e.topic == dlq).collect();
+    assert_eq!(expected_dead.len(), 1, "simulate sets the third aside: {expected_dead:?}");
+    assert_eq!(expected_dead[0].headers["crmflow.error.kind"], "state_too_large");
+    let expected: Vec<Envelope> = simulated.iter().filter(|e| e.topic != dlq).cloned().collect();
+    produce_lines(broker, &topics, &lines);
+
+    let dead = run_to_the_end(broker, &topics, name, &expected);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].headers["crmflow.error.kind"], "state_too_large", "{:?}", dead[0].headers);
+    assert_eq!(dead[0].headers["crmflow.source.offset"], "4", "the third workflow: {:?}", dead[0].headers);
+    let message = &dead[0].headers["crmflow.error.message"];
+    assert!(message.contains("999488 bytes") && message.contains("message.max.bytes"), "{message}");
+}
+
+/// Issue 18, item 4. The changelog topic takes records of at most 300,000 bytes, below the
+/// producer's 1 MB: a 400 KB workflow is set aside at the input (its limit read from the topic),
+/// not sent and refused by the broker. Failed before: the refused changelog record had no input
+/// to set aside, and the instance aborted and redid the round for ever.
+#[test]
+fn a_workflow_larger_than_the_changelog_topic_takes_is_set_aside() {
+    let broker = kafka();
+    let name = "changelog-limit";
+    let topics = Topics::create(broker, name, 1);
+    let changelog = format!("{name}-projections-changelog");
+    broker.create_topics(std::slice::from_ref(&changelog), 1);
+    broker.set_topic_configs(&changelog, &[("cleanup.policy", "compact"), ("max.message.bytes", "300000")]);
+    let (input, _) = scenario("seed-walkthrough");
+    let mut lines = input.clone();
+    lines.insert(2, large_workflow("w-big", 400_000, 1_714_557_602_100));
+    let expected = simulate(&input);
+    produce_lines(broker, &topics, &lines);
+
+    let dead = run_to_the_end(broker, &topics, name, &expected);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].headers["crmflow.error.kind"], "state_too_large", "{:?}", dead[0].headers);
+    assert_eq!(dead[0].headers["crmflow.source.offset"], "2", "{:?}", dead[0].headers);
+    assert!(dead[0].headers["crmflow.error.message"].contains("299488 bytes"), "{:?}", dead[0].headers);
+}
+
+/// Issue 18, item 4. The ignored-activities topic takes batches of at most 20,000 bytes, and
+/// 2,000 CRM changes of users on no team make about 1 MB of ActivityIgnored within one linger:
+/// the producer's batches must stay within what every topic it writes takes. Failed before:
+/// librdkafka filled 1 MB batches, the broker refused each whole batch as too large, and every
+/// record in it was set aside as a dead letter.
+#[test]
+fn batches_stay_within_what_the_smallest_topic_takes() {
+    let broker = kafka();
+    let name = "small-batches";
+    let topics = Topics::create(broker, name, 1);
+    broker.set_topic_config(&topics.names.activities_ignored, "max.message.bytes", "20000");
+    let (input, _) = scenario("seed-walkthrough");
+    let mut lines = input[..3].to_vec();
+    lines.extend((0..2_000).map(|n| {
+        serde_json::to_vec(&serde_json::json!({"topic": "crm.changes", "key": "acme",
+            "timestamp": 1_714_557_610_000i64 + n, "value": {"type": "CrmRecordChanged",
+            "event_id": format!("e-{n}"), "company_id": "acme", "integration_id": "sf",
+            "object_type": "Opportunity", "object_id": format!("006-{n}"), "operation": "created",
+            "occurred_at": "2024-05-01T10:00:09Z", "fields": {"OwnerId": format!("005-{}", n % 50),
+            "StageName": "Closed Won", "Amount": 10, "CloseDate": "2024-05-01"}}}))
+        .unwrap()
+    }));
+    let expected = simulate(&lines);
+    produce_lines(broker, &topics, &lines);
+
+    let dead = run_to_the_end(broker, &topics, name, &expected);
+    assert!(dead.is_empty(), "{} dead letters, e.g. {:?}", dead.len(), dead.first().map(|d| &d.headers));
+}
+
 /// A CRM change whose user's name is 1.1 MB (its topic allows 4 MB): its UserProvisioned is
 /// larger than the producer may send. Its record is set aside as a dead letter (itself too large,
 /// so without its value), and every other record is decided as simulate decides it. Failed

@@ -22,6 +22,9 @@ pub enum ErrorKind {
     /// The broker refused the record's outputs for good (too large, a timestamp outside the
     /// topic's limits): the record is set aside rather than retried forever.
     RejectedByBroker,
+    /// The event would make a state value larger than the changelog can take (an integration
+    /// with too many or too large workflows): its decision is not applied.
+    StateTooLarge,
 }
 
 impl ErrorKind {
@@ -36,6 +39,7 @@ impl ErrorKind {
             ErrorKind::WrongTopic => "wrong_topic",
             ErrorKind::UnknownTopic => "unknown_topic",
             ErrorKind::RejectedByBroker => "rejected_by_broker",
+            ErrorKind::StateTooLarge => "state_too_large",
         }
     }
 }
@@ -60,6 +64,20 @@ impl DecodeError {
     /// Builds an error of a kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         DecodeError { kind, message: message.into() }
+    }
+
+    /// An event whose decision would make a changelog record of `bytes` (in column family
+    /// `family`), above the `limit` the changelog takes.
+    pub fn state_too_large(family: &str, bytes: usize, limit: usize) -> Self {
+        DecodeError::new(
+            ErrorKind::StateTooLarge,
+            format!(
+                "applying this event would make a `{family}` changelog record of {bytes} bytes, above the {limit} \
+                 bytes the changelog takes (the smaller of the producer's message.max.bytes and the changelog \
+                 topic's max.message.bytes, less framing); its decision is not applied. Split the workflows over \
+                 integrations, or raise both limits"
+            ),
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crmflow_domain::LedgerEntry;
 use crmflow_runtime::Status;
-use crmflow_store::{ProvisionedUser, StateStore};
+use crmflow_store::{CommittedSnapshot, CommittedView, ProvisionedUser};
 
 use crate::ApiError;
 
@@ -85,7 +85,8 @@ async fn users(
     no_more(query)?;
     blocking(move || {
         let users = status.query(|stores| {
-            let store = integration_store(stores, &company_id, &integration_id)?;
+            let views = snapshots(stores);
+            let store = integration_store(&views, &company_id, &integration_id)?;
             let mut users = store.provisioned_users(&company_id, &integration_id)?;
             if unassigned_only {
                 users.retain(|u| u.team_id.is_none());
@@ -136,7 +137,8 @@ async fn user(
     no_more(query)?;
     blocking(move || {
         status.query(|stores| {
-            let store = integration_store(stores, &company_id, &integration_id)?;
+            let views = snapshots(stores);
+            let store = integration_store(&views, &company_id, &integration_id)?;
             let user = store.provisioned_user(&company_id, &integration_id, &crm_user_id)?.ok_or_else(|| {
                 ApiError::NotFound(format!("CRM user `{crm_user_id}` has no account in integration `{integration_id}`"))
             })?;
@@ -165,8 +167,9 @@ async fn activity(
     no_more(parameters(query)?)?;
     blocking(move || {
         status.query(|stores| {
-            let store = integration_store(stores, &company_id, &integration_id)?;
-            let entry = store.committed_activity(&company_id, &activity_id)?.ok_or_else(|| {
+            let views = snapshots(stores);
+            let store = integration_store(&views, &company_id, &integration_id)?;
+            let entry = store.activity(&company_id, &activity_id)?.ok_or_else(|| {
                 ApiError::NotFound(format!(
                     "activity `{activity_id}` is not accepted now (never accepted, or retracted)"
                 ))
@@ -187,7 +190,8 @@ async fn explain(
     no_more(parameters(query)?)?;
     blocking(move || {
         status.query(|stores| {
-            let store = integration_store(stores, &company_id, &integration_id)?;
+            let views = snapshots(stores);
+            let store = integration_store(&views, &company_id, &integration_id)?;
             let kept = store.explanation(&company_id, &integration_id, &object_type, &object_id)?.ok_or_else(|| {
                 ApiError::NotFound(format!(
                     "no decision about {object_type} `{object_id}` is kept here: none was made yet, or it is older \
@@ -200,21 +204,26 @@ async fn explain(
     .await
 }
 
+/// One snapshot of each store: a query reads each store as one committed batch left it.
+fn snapshots(stores: &[CommittedView]) -> Vec<CommittedSnapshot<'_>> {
+    stores.iter().map(CommittedView::snapshot).collect()
+}
+
 /// The store of this instance that holds the company, if the integration is known there.
-fn integration_store<'a>(
-    stores: &[&'a StateStore],
+fn integration_store<'s, 'a>(
+    stores: &'s [CommittedSnapshot<'a>],
     company_id: &str,
     integration_id: &str,
-) -> Result<&'a StateStore, ApiError> {
+) -> Result<&'s CommittedSnapshot<'a>, ApiError> {
     let mut holder = None;
     for store in stores {
         if store.holds_company(company_id)? {
-            holder = Some(*store);
+            holder = Some(store);
             break;
         }
     }
     let store = holder.ok_or_else(|| ApiError::UnknownCompany(company_id.to_owned()))?;
-    if store.committed_integration(company_id, integration_id)?.is_none() {
+    if store.integration(company_id, integration_id)?.is_none() {
         return Err(ApiError::NotFound(format!(
             "integration `{integration_id}` of company `{company_id}` is unknown (no settings or workflows arrived)"
         )));
@@ -222,7 +231,7 @@ fn integration_store<'a>(
     Ok(store)
 }
 
-/// Runs store work on the blocking pool: it locks the engine, which a round may hold briefly.
+/// Runs store work on the blocking pool: RocksDB reads block.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {

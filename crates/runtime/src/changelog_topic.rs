@@ -1,6 +1,9 @@
 //! What the brokers say of the changelog topic that decides how a store is restored (see
 //! [`crate::restore`]): the topic's id, which a topic deleted and created again under the same
-//! name (a reset) does not keep, and how long its compaction keeps a deletion.
+//! name (a reset) does not keep, and how long its compaction keeps a deletion. Also the largest
+//! record each topic crmflow writes takes, which bounds state values and producer batches.
+
+use std::collections::BTreeMap;
 
 use std::ffi::{CStr, CString};
 use std::time::Duration;
@@ -16,6 +19,9 @@ use crate::error::RunError;
 /// Kafka's default `delete.retention.ms` (one day), for a topic that does not report its own.
 const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
 
+/// Kafka's default `max.message.bytes`, for a topic that does not report its own.
+pub const DEFAULT_MAX_MESSAGE_BYTES: i64 = 1_048_588;
+
 /// The changelog topic as the brokers describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangelogTopic {
@@ -23,41 +29,81 @@ pub struct ChangelogTopic {
     pub id: Option<String>,
     /// How long it keeps a deletion: `delete.retention.ms`.
     pub deletions_kept_ms: i64,
+    /// The largest record batch it takes: `max.message.bytes`.
+    pub max_message_bytes: i64,
 }
 
-/// Describes `topic` (the changelog): its id and `delete.retention.ms`.
+/// Describes `topic` (the changelog): its id, `delete.retention.ms` and `max.message.bytes`.
 pub fn describe(config: &Config, topic: &str, timeout: Duration) -> Result<ChangelogTopic, RunError> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))?;
-    if cluster_id(admin.inner(), timeout).is_some_and(|id| id.starts_with(MOCK_CLUSTER_ID)) {
+    let admin = admin_client(config)?;
+    if is_mock(&admin, timeout) {
         // librdkafka's mock cluster (`crmflow dev-broker`) answers neither request.
-        return Ok(ChangelogTopic { id: None, deletions_kept_ms: DEFAULT_DELETE_RETENTION_MS });
+        return Ok(ChangelogTopic {
+            id: None,
+            deletions_kept_ms: DEFAULT_DELETE_RETENTION_MS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        });
     }
     let id = topic_id(admin.inner(), topic, timeout)?;
-    let deletions_kept_ms = delete_retention_ms(&admin, topic, timeout)?;
-    Ok(ChangelogTopic { id, deletions_kept_ms })
+    let configs = topic_configs(&admin, &[topic], timeout)?;
+    let setting = |key: &str| configs.get(topic).and_then(|c| c.get(key)).and_then(|v| v.parse().ok());
+    Ok(ChangelogTopic {
+        id,
+        deletions_kept_ms: setting("delete.retention.ms").unwrap_or(DEFAULT_DELETE_RETENTION_MS),
+        max_message_bytes: setting("max.message.bytes").unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+    })
 }
 
-fn delete_retention_ms(
+/// The smallest `max.message.bytes` of `topics`: the largest batch the producer may send to all.
+pub fn smallest_max_message_bytes(config: &Config, topics: &[&str], timeout: Duration) -> Result<i64, RunError> {
+    let admin = admin_client(config)?;
+    if is_mock(&admin, timeout) {
+        return Ok(DEFAULT_MAX_MESSAGE_BYTES);
+    }
+    let configs = topic_configs(&admin, topics, timeout)?;
+    Ok(topics
+        .iter()
+        .map(|topic| {
+            configs
+                .get(*topic)
+                .and_then(|c| c.get("max.message.bytes")?.parse().ok())
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+        })
+        .min()
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES))
+}
+
+fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, RunError> {
+    config.client_config().create().map_err(|e| RunError::kafka("creating the admin client", e))
+}
+
+fn is_mock(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> bool {
+    cluster_id(admin.inner(), timeout).is_some_and(|id| id.starts_with(MOCK_CLUSTER_ID))
+}
+
+/// The configuration of each of `topics`, as the brokers report it (name → value).
+fn topic_configs(
     admin: &AdminClient<DefaultClientContext>,
-    topic: &str,
+    topics: &[&str],
     timeout: Duration,
-) -> Result<i64, RunError> {
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| RunError::Topics(format!("cannot start a runtime for the admin client: {e}")))?;
     let options = AdminOptions::new().request_timeout(Some(timeout));
+    let resources: Vec<ResourceSpecifier<'_>> = topics.iter().map(|topic| ResourceSpecifier::Topic(topic)).collect();
     let results = runtime
-        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))
-        .map_err(|e| RunError::kafka(format!("describing the configuration of `{topic}`"), e))?;
-    let mut kept = None;
-    for result in results {
+        .block_on(admin.describe_configs(&resources, &options))
+        .map_err(|e| RunError::kafka(format!("describing the configuration of {topics:?}"), e))?;
+    let mut configs = BTreeMap::new();
+    for (topic, result) in topics.iter().zip(results) {
         let resource = result
             .map_err(|code| RunError::Topics(format!("describing the configuration of `{topic}` failed: {code}")))?;
-        kept = resource.get("delete.retention.ms").and_then(|entry| entry.value.as_deref()?.parse().ok());
+        let entries = resource.entries.into_iter().filter_map(|entry| Some((entry.name, entry.value?))).collect();
+        configs.insert((*topic).to_owned(), entries);
     }
-    Ok(kept.unwrap_or(DEFAULT_DELETE_RETENTION_MS))
+    Ok(configs)
 }
 
 /// The cluster id librdkafka's mock cluster gives itself begins so.

@@ -425,12 +425,39 @@ impl Config {
         config
     }
 
+    /// A producer property as configured (producer table first, then the shared one).
+    fn producer_setting(&self, key: &str) -> Option<&str> {
+        self.kafka_producer.get(key).or_else(|| self.kafka.get(key)).map(String::as_str)
+    }
+
+    /// The largest record the producer sends: its `message.max.bytes` (librdkafka's default:
+    /// 1,000,000).
+    pub fn producer_max_message_bytes(&self) -> i64 {
+        self.producer_setting("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    }
+
+    /// The largest changelog record (key and value) a state store may write: what both the
+    /// producer and the changelog topic (`max_message_bytes`) take, less a record's framing.
+    pub fn max_changelog_record_bytes(&self, max_message_bytes: i64) -> usize {
+        let limit = self.producer_max_message_bytes().min(max_message_bytes);
+        usize::try_from(limit).unwrap_or(0).saturating_sub(crmflow_store::CHANGELOG_RECORD_FRAMING).max(1)
+    }
+
+    /// Keeps the producer's batches within `max_message_bytes` (the smallest any topic it writes
+    /// takes): librdkafka does not split a batch the broker refuses as too large, and would
+    /// report every record in it as too large. A single larger record still goes in a batch of
+    /// its own, and is refused (and set aside) alone.
+    pub fn fit_batches_within(&mut self, max_message_bytes: i64) {
+        let configured = self.producer_setting("batch.size").and_then(|v| v.parse::<i64>().ok()).unwrap_or(1_000_000);
+        let framing = crmflow_store::CHANGELOG_RECORD_FRAMING as i64;
+        let batch = configured.min(max_message_bytes - framing).max(1);
+        self.kafka_producer.insert("batch.size".to_owned(), batch.to_string());
+    }
+
     /// The producer's `transaction.timeout.ms`: how long a crashed member's open transaction
     /// (and the consumer offsets in it) can hold back its partitions.
     pub fn transaction_timeout_ms(&self) -> u64 {
-        self.kafka_producer
-            .get("transaction.timeout.ms")
-            .or_else(|| self.kafka.get("transaction.timeout.ms"))
+        self.producer_setting("transaction.timeout.ms")
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS)
     }

@@ -34,7 +34,7 @@ use crate::producer::{flush_delivered, send_waiting, DeliveryTracker};
 use crate::report::{Counters, Samples};
 use crate::restore::{self, ChangelogState, RestorePlan, RestoreRange, Restoring, StoreMark};
 use crate::setup;
-use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Timings};
+use crate::status::{EngineView, Membership, PartitionState, PartitionStatus, Status};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,7 +75,9 @@ pub struct Engine {
     // The open round's counts (and the sample outputs); moved to `committed` when it commits.
     progress: Progress,
     committed: Progress,
-    timings: Timings,
+    // Where operators read the engine's view and the stores' committed state, and the
+    // histograms its commits feed.
+    status: Status,
     // When the open transaction began (its first record).
     transaction_started: Option<Instant>,
     membership: Membership,
@@ -135,13 +137,13 @@ pub fn now_ms() -> i64 {
 
 impl Engine {
     /// An engine with no partitions yet, keeping `samples` sample outputs between reports and
-    /// observing its commits into `timings`.
+    /// publishing its view and observing its commits into `status`.
     pub fn new(
         config: Config,
         producer: ThreadedProducer<DeliveryTracker>,
         changelog: Changelog,
         samples: usize,
-        timings: Timings,
+        status: Status,
     ) -> Result<Self, RunError> {
         let threads = config.processing_threads();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -164,7 +166,7 @@ impl Engine {
             sent_stamps: Vec::new(),
             progress: Progress { samples: Samples::new(samples), ..Progress::default() },
             committed: Progress::default(),
-            timings,
+            status,
             transaction_started: None,
             membership: Membership::Joining,
             in_transaction: false,
@@ -251,6 +253,7 @@ impl Engine {
             }
         }
         self.membership = Membership::Assigned;
+        self.publish();
     }
 
     fn assign_partition(
@@ -361,7 +364,13 @@ impl Engine {
 
     fn open_store(&self, partition: i32) -> Result<StateStore, RunError> {
         let path = store_path(&self.config, partition);
-        let options = StoreOptions { seen_capacity: self.config.seen_capacity, ..StoreOptions::default() };
+        let options = StoreOptions {
+            seen_capacity: self.config.seen_capacity,
+            max_changelog_record_bytes: self
+                .config
+                .max_changelog_record_bytes(self.changelog.described.max_message_bytes),
+            ..StoreOptions::default()
+        };
         Ok(StateStore::open(&path, options)?)
     }
 
@@ -739,7 +748,7 @@ impl Engine {
                 self.retrying("committing the transaction", |producer| producer.commit_transaction(CLIENT_TIMEOUT))?;
                 self.in_transaction = false;
                 if let Some(began) = self.transaction_started.take() {
-                    self.timings.transaction.observe(began.elapsed().as_secs_f64());
+                    self.status.timings().transaction.observe(began.elapsed().as_secs_f64());
                 }
                 self.write_batches()?;
             }
@@ -749,9 +758,9 @@ impl Engine {
         self.committed.absorb(&mut self.progress);
         let now = now_ms();
         for stamp in self.sent_stamps.drain(..) {
-            self.timings.latency.observe((now - stamp).max(0) as f64 / 1000.0);
+            self.status.timings().latency.observe((now - stamp).max(0) as f64 / 1000.0);
         }
-        self.timings.commit.observe(started.elapsed().as_secs_f64());
+        self.status.timings().commit.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -943,9 +952,10 @@ impl Engine {
         if self.failure.is_some() {
             self.abandon();
         }
-        // Dropping a task closes its store; anything uncommitted is redone by the next owner.
-        self.tasks.clear();
+        // Closing a store drops what it staged; anything uncommitted is redone by the next owner.
+        self.close_tasks();
         self.membership = Membership::Rebalancing;
+        self.publish();
         tracing::info!("partitions revoked; state stores closed");
     }
 
@@ -963,6 +973,12 @@ impl Engine {
         }
         // Offsets of aborted changelog records must not reach a RocksDB batch.
         self.producer.context().take_changelog_next();
+        self.close_tasks();
+    }
+
+    /// Drops every task, closing its store once operators' queries are done with it.
+    fn close_tasks(&mut self) {
+        self.status.withdraw_stores();
         self.tasks.clear();
     }
 
@@ -984,23 +1000,27 @@ impl Engine {
         }
     }
 
-    /// The counters, the membership and the assigned partitions at once, for operators.
-    pub fn view(&self, lag: i64, committed: BTreeMap<(String, i32), i64>) -> EngineView {
+    /// Publishes, for operators, the counters, the membership and the assigned partitions at once,
+    /// and the committed state of the partitions being processed.
+    pub fn publish(&self) {
         let restoring = self.restoring.iter().map(|(&partition, pending)| PartitionStatus {
             partition,
             state: PartitionState::Restoring,
             restore: Some(pending.restoring.progress()),
             store_bytes: None,
         });
-        let processing = self.tasks.iter().map(|(&partition, task)| PartitionStatus {
+        let processing = self.tasks.keys().map(|&partition| PartitionStatus {
             partition,
             state: PartitionState::Processing,
             restore: None,
-            store_bytes: task.store().size_bytes().ok(),
+            store_bytes: None,
         });
         let mut partitions: Vec<PartitionStatus> = restoring.chain(processing).collect();
         partitions.sort_by_key(|p| p.partition);
-        EngineView { counters: self.counters(lag), membership: self.membership, partitions, committed }
+        let committed = self.committed_offsets();
+        let view = EngineView { counters: self.counters(-1), membership: self.membership, partitions, committed };
+        let stores = self.tasks.iter().map(|(&partition, task)| (partition, task.store().committed_view())).collect();
+        self.status.publish(view, stores);
     }
 
     /// The next offset committed per input topic partition of the tasks (for the lag).
@@ -1011,11 +1031,6 @@ impl Engine {
                 task.committed_offsets().map(move |(topic, next)| ((topic.to_owned(), partition), next))
             })
             .collect()
-    }
-
-    /// The stores of the partitions being processed, for queries over committed state.
-    pub fn stores(&self) -> Vec<&StateStore> {
-        self.tasks.values().map(PartitionTask::store).collect()
     }
 
     /// When the next buffered record may go at the latest, over all partitions.
@@ -1106,12 +1121,21 @@ fn base_record(record: &OutputRecord, opaque: usize) -> BaseRecord<'_, [u8], [u8
     base
 }
 
+/// How long one description of topics may take before it is asked again.
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The changelog `topic` as the brokers describe it, asked again for a while when they do not
 /// answer.
 pub fn describe_changelog(config: &Config, topic: &str) -> Result<ChangelogTopic, RunError> {
+    ask_again(|| changelog_topic::describe(config, topic, DESCRIBE_TIMEOUT))
+}
+
+/// Asks the brokers again for a while (a coordinator moving, brokers still starting) until `ask`
+/// succeeds, then gives its last answer.
+pub fn ask_again<T>(mut ask: impl FnMut() -> Result<T, RunError>) -> Result<T, RunError> {
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     loop {
-        match changelog_topic::describe(config, topic, Duration::from_secs(10)) {
+        match ask() {
             Err(e) if Instant::now() < deadline => {
                 tracing::info!("{e}; asking again");
                 std::thread::sleep(Duration::from_millis(500));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crmflow_codec::{dead_letter_headers, decode_input, encode_output, DecodeError, ErrorKind, Source};
 use crmflow_domain::{decide, explain, Explanation, InputEvent, InputStream, Tally};
-use crmflow_store::{ChangelogPosition, ChangelogRecord, InputPosition, StateStore};
+use crmflow_store::{ChangelogPosition, ChangelogRecord, InputPosition, StateStore, StoreError};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
@@ -343,50 +343,42 @@ impl PartitionTask {
             )),
             None => record.decode(config),
         };
-        let refused_timestamp = rejection.is_some_and(|r| r.code == RDKafkaErrorCode::InvalidTimestamp);
         let event = match event {
             Ok(event) => event,
             Err(_) if replaying => return Ok(()),
             Err(error) => {
-                *progress.dead_letters.entry(error.kind).or_default() += 1;
-                let source =
-                    Source::Record { topic: record.topic.clone(), partition: self.partition, offset: record.offset };
-                tracing::warn!(partition = self.partition, kind = %error.kind, "dead letter: {}", error.message);
-                let letter = OutputRecord {
-                    topic: config.topics.dead_letters.clone(),
-                    key: record.key,
-                    payload: record.payload.unwrap_or_default(),
-                    headers: dead_letter_headers(&error, &source),
-                    timestamp: (!refused_timestamp).then_some(record.timestamp),
-                    origin: Origin { topic: record.topic, partition: self.partition, offset: record.offset },
-                };
-                // The dead letter itself was refused for its size (the dead-letter topic's
-                // `max.message.bytes` is below the record's): sent again, it would be refused
-                // for ever. It goes without the value; the source headers say where that is.
-                out.push(match rejection {
-                    Some(r) if r.again && too_large(r.code) => {
-                        letter.without_payload("refused as too large by the broker (the topic's max.message.bytes)")
-                    }
-                    _ => letter,
-                });
+                out.push(self.dead_letter(record, &error, rejection, config, progress));
                 return Ok(());
             }
         };
         let partition = self.partition;
         let store_error = |source| ProcessError::Store { partition, source };
-        let decision = if config.explain_capacity > 0 {
+        let (decision, explanation) = if config.explain_capacity > 0 {
             let (decision, explanation) = explain(&self.store, &event).map_err(store_error)?;
-            // A resend decides nothing: the record's last decision stays the one to explain.
-            if let Explanation::CrmRecordChanged(trace) = &explanation {
-                if !trace.duplicate {
-                    self.store.stage_explanation(trace, config.explain_capacity).map_err(store_error)?;
-                }
-            }
-            decision
+            (decision, Some(explanation))
         } else {
-            decide(&self.store, &event).map_err(store_error)?
+            (decide(&self.store, &event).map_err(store_error)?, None)
         };
-        self.store.stage(&decision.changes).map_err(store_error)?;
+        match self.store.stage(&decision.changes) {
+            Ok(()) => {}
+            // The changelog could never take the state it asks for: set the event aside (during a
+            // replay as when it was first processed), as an admin can act on it.
+            Err(StoreError::TooLarge { family, bytes, limit, .. }) => {
+                if replaying {
+                    return Ok(());
+                }
+                let error = DecodeError::state_too_large(family, bytes, limit);
+                out.push(self.dead_letter(record, &error, None, config, progress));
+                return Ok(());
+            }
+            Err(source) => return Err(store_error(source)),
+        }
+        // A resend decides nothing: the record's last decision stays the one to explain.
+        if let Some(Explanation::CrmRecordChanged(trace)) = &explanation {
+            if !trace.duplicate {
+                self.store.stage_explanation(trace, config.explain_capacity).map_err(store_error)?;
+            }
+        }
         if replaying {
             return Ok(());
         }
@@ -403,6 +395,39 @@ impl PartitionTask {
             });
         }
         Ok(())
+    }
+
+    /// The dead letter of `record`, which cannot be processed for `error`; counted in `progress`.
+    /// `rejection`: the broker's refusal of its outputs (or of this dead letter) that set it aside.
+    fn dead_letter(
+        &self,
+        record: InputRecord,
+        error: &DecodeError,
+        rejection: Option<Rejection>,
+        config: &Config,
+        progress: &mut Progress,
+    ) -> OutputRecord {
+        *progress.dead_letters.entry(error.kind).or_default() += 1;
+        let source = Source::Record { topic: record.topic.clone(), partition: self.partition, offset: record.offset };
+        tracing::warn!(partition = self.partition, kind = %error.kind, "dead letter: {}", error.message);
+        let refused_timestamp = rejection.is_some_and(|r| r.code == RDKafkaErrorCode::InvalidTimestamp);
+        let letter = OutputRecord {
+            topic: config.topics.dead_letters.clone(),
+            key: record.key,
+            payload: record.payload.unwrap_or_default(),
+            headers: dead_letter_headers(error, &source),
+            timestamp: (!refused_timestamp).then_some(record.timestamp),
+            origin: Origin { topic: record.topic, partition: self.partition, offset: record.offset },
+        };
+        // The dead letter itself was refused for its size (the dead-letter topic's
+        // `max.message.bytes` is below the record's): sent again, it would be refused
+        // for ever. It goes without the value; the source headers say where that is.
+        match rejection {
+            Some(r) if r.again && too_large(r.code) => {
+                letter.without_payload("refused as too large by the broker (the topic's max.message.bytes)")
+            }
+            _ => letter,
+        }
     }
 
     /// The consumer offsets to commit for the work processed since the last RocksDB batch;

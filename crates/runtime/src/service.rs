@@ -10,9 +10,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer, ThreadedProducer};
 
+use crate::changelog_topic;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::consumer::InputContext;
-use crate::engine::{describe_changelog, lock, now_ms, Changelog, Engine};
+use crate::engine::{ask_again, describe_changelog, lock, now_ms, Changelog, Engine, DESCRIBE_TIMEOUT};
 use crate::error::RunError;
 use crate::peers::Peers;
 use crate::producer::DeliveryTracker;
@@ -53,15 +54,22 @@ pub fn run(
 ) -> Result<Counters, RunError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| RunError::StateDir { path: config.state_dir.display().to_string(), source })?;
-    let producer: ThreadedProducer<DeliveryTracker> = config
-        .producer_config()
-        .create_with_context(DeliveryTracker::new(config.changelog_topic()))
-        .map_err(|e| RunError::kafka("creating the producer", e))?;
     let changelog_client: BaseConsumer =
         config.changelog_client_config().create().map_err(|e| RunError::kafka("creating the changelog client", e))?;
     let metadata = setup::wait_for_brokers(&changelog_client, &config)?;
     let partitions = setup::input_partitions(&metadata, &config)?;
     setup::ensure_output_topics(&metadata, &config, partitions)?;
+    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
+    let mut config = config;
+    let mut written: Vec<String> = config.topics.outputs().iter().map(|t| (*t).to_owned()).collect();
+    written.push(config.changelog_topic());
+    let written: Vec<&str> = written.iter().map(String::as_str).collect();
+    let smallest = ask_again(|| changelog_topic::smallest_max_message_bytes(&config, &written, DESCRIBE_TIMEOUT))?;
+    config.fit_batches_within(smallest);
+    let producer: ThreadedProducer<DeliveryTracker> = config
+        .producer_config()
+        .create_with_context(DeliveryTracker::new(config.changelog_topic()))
+        .map_err(|e| RunError::kafka("creating the producer", e))?;
     if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
         let timeout = Duration::from_millis(config.startup_timeout_ms);
         producer.init_transactions(timeout).map_err(|e| {
@@ -76,19 +84,12 @@ pub fn run(
             )
         })?;
     }
-    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
     let topic = config.changelog_topic();
     let described = describe_changelog(&config, &topic)?;
     let changelog = Changelog { topic, client: changelog_client, partitions, described };
     let status = &watch.status;
-    let engine = Arc::new(Mutex::new(Engine::new(
-        config.clone(),
-        producer,
-        changelog,
-        watch.samples,
-        status.timings().clone(),
-    )?));
-    status.attach(&engine, &config.application_id);
+    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), producer, changelog, watch.samples, status.clone())?));
+    status.set_group(&config.application_id);
     status.set_peers(Peers::new(&config)?);
     let context = InputContext { engine: engine.clone(), status: status.clone() };
     let consumer: BaseConsumer<InputContext> = config
@@ -102,6 +103,8 @@ pub fn run(
 
     let result = process_until_stopped(&engine, &consumer, shutdown, watch, observer);
     status.set_phase(Phase::Stopping);
+    // Before the stores close: closing one waits for the queries that read it.
+    status.withdraw();
     let mut engine = lock(&engine);
     if let Err(e) = &result {
         tracing::error!("stopping without committing the round in progress: {e}");
@@ -159,6 +162,7 @@ fn process_until_stopped(
         if let Err(e) = round {
             recover(&mut engine, consumer, e, &mut last_fence)?;
         }
+        engine.publish();
         if last_report.elapsed() >= watch.report_every {
             let counters = engine.counters(watch.status.total_lag(&engine.committed_offsets()));
             let samples = engine.take_samples();

@@ -3,7 +3,7 @@
 //! engine and the consumer's callbacks keep it current. Nothing here decides anything.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -14,9 +14,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crmflow_store::StateStore;
+use crmflow_store::CommittedView;
 
-use crate::engine::{lock, Engine};
 use crate::peers::Peers;
 use crate::report::Counters;
 
@@ -76,7 +75,7 @@ pub struct PartitionStatus {
     /// The restore's progress while restoring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreProgress>,
-    /// Bytes of its RocksDB store on disk and in memory, when processing.
+    /// Bytes of its RocksDB store on disk and in memory, when processing (filled in by a scrape).
     #[serde(skip)]
     pub store_bytes: Option<u64>,
 }
@@ -114,7 +113,7 @@ impl Default for Timings {
     }
 }
 
-/// The engine's side of a scrape or readiness probe, taken under one lock.
+/// The engine's side of a scrape or readiness probe, as it last published it.
 #[derive(Debug, Clone)]
 pub struct EngineView {
     /// Committed counts since start.
@@ -146,8 +145,12 @@ struct Shared {
     phase: Mutex<Phase>,
     // The consumer group, for the lag metric's `consumergroup` label.
     group: Mutex<String>,
-    // Weak: the engine (and with it the stores and the producer) closes when `run` returns.
-    engine: Mutex<Weak<Mutex<Engine>>>,
+    // What the engine last published: operators' reads never wait for the engine's lock, which
+    // processing, commits and rebalances hold. `None`: not started, or stopped.
+    view: Mutex<Option<EngineView>>,
+    // The committed state of the partitions being processed, per partition. Dropping a store
+    // waits for its views: the engine withdraws them here before it closes stores.
+    stores: Mutex<Vec<(i32, CommittedView)>>,
     // The group's other instances, when this one serves HTTP.
     peers: Mutex<Option<Arc<Peers>>>,
     // End offsets (high watermarks) per input topic partition, as the client last reported them.
@@ -184,10 +187,26 @@ impl Status {
         *guard(&self.shared.phase) = phase;
     }
 
-    /// Connects the status to the engine `run` built, in the group `group`.
-    pub(crate) fn attach(&self, engine: &Arc<Mutex<Engine>>, group: &str) {
-        *guard(&self.shared.engine) = Arc::downgrade(engine);
+    /// Names the consumer group the processor runs in.
+    pub(crate) fn set_group(&self, group: &str) {
         *guard(&self.shared.group) = group.to_owned();
+    }
+
+    /// Publishes the engine's view and the committed state of the partitions it processes.
+    pub(crate) fn publish(&self, view: EngineView, stores: Vec<(i32, CommittedView)>) {
+        *guard(&self.shared.view) = Some(view);
+        *guard(&self.shared.stores) = stores;
+    }
+
+    /// Withdraws the stores' views, before the engine closes stores.
+    pub(crate) fn withdraw_stores(&self) {
+        guard(&self.shared.stores).clear();
+    }
+
+    /// Withdraws everything the engine published: it has stopped.
+    pub(crate) fn withdraw(&self) {
+        *guard(&self.shared.view) = None;
+        self.withdraw_stores();
     }
 
     pub(crate) fn set_peers(&self, peers: Option<Peers>) {
@@ -220,15 +239,12 @@ impl Status {
         }
     }
 
-    fn engine(&self) -> Option<Arc<Mutex<Engine>>> {
-        guard(&self.shared.engine).upgrade()
+    fn engine_view(&self) -> Option<EngineView> {
+        guard(&self.shared.view).clone()
     }
 
-    fn engine_view(&self) -> Option<EngineView> {
-        let engine = self.engine()?;
-        let engine = lock(&engine);
-        let committed = engine.committed_offsets();
-        Some(engine.view(self.total_lag(&committed), committed))
+    fn store_views(&self) -> Vec<(i32, CommittedView)> {
+        guard(&self.shared.stores).clone()
     }
 
     /// Whether the processor is ready, and why not.
@@ -256,15 +272,13 @@ impl Status {
         Readiness { ready: reason.is_none(), reason, phase, partitions }
     }
 
-    /// Runs `query` over the state stores of the partitions this instance processes now
-    /// (committed state only; restoring partitions are not asked).
-    pub fn query<T>(&self, query: impl FnOnce(&[&StateStore]) -> T) -> Result<T, NotRunning> {
-        let engine = self.engine().ok_or(NotRunning)?;
-        let engine = lock(&engine);
-        let stores = engine.stores();
+    /// Runs `query` over the committed state of the partitions this instance processes now
+    /// (restoring partitions are not asked). It runs beside processing, never waiting for it.
+    pub fn query<T>(&self, query: impl FnOnce(&[CommittedView]) -> T) -> Result<T, NotRunning> {
         if self.phase() != Phase::Running {
             return Err(NotRunning);
         }
+        let stores: Vec<CommittedView> = self.store_views().into_iter().map(|(_, view)| view).collect();
         Ok(query(&stores))
     }
 
@@ -289,8 +303,16 @@ impl Status {
         );
         // One lock at a time: a guard kept in a temporary would still be held below.
         let group = guard(&self.shared.group).clone();
-        let view = self.engine_view();
+        let mut view = self.engine_view();
         let lag = view.as_ref().map(|v| self.lag(&v.committed)).unwrap_or_default();
+        if let Some(view) = &mut view {
+            // Sized here, not when published: a size costs RocksDB property reads.
+            for (partition, store) in self.store_views() {
+                if let Some(p) = view.partitions.iter_mut().find(|p| p.partition == partition) {
+                    p.store_bytes = store.size_bytes().ok();
+                }
+            }
+        }
         let snapshot = Snapshot { group, lag, view };
         registry.register_collector(Box::new(snapshot));
         let mut text = String::new();
@@ -449,6 +471,29 @@ mod tests {
         let committed = offsets(&[("crm", 0, 7), ("crm", 1, 6), ("settings", 0, 2)]);
         // A committed offset past the reported end (reported before the last records) is no lag.
         assert_eq!(consumer_lag(&ends, &committed), offsets(&[("crm", 0, 3), ("crm", 1, 0)]));
+    }
+
+    #[test]
+    fn readiness_and_metrics_come_from_what_the_engine_published() {
+        let status = Status::new();
+        status.set_phase(Phase::Running);
+        status.set_group("g");
+        let partition =
+            PartitionStatus { partition: 3, state: PartitionState::Processing, restore: None, store_bytes: None };
+        let counters = Counters { commits: 7, ..Counters::default() };
+        let view = EngineView {
+            counters,
+            membership: Membership::Assigned,
+            partitions: vec![partition],
+            committed: offsets(&[("crm", 3, 5)]),
+        };
+        status.publish(view, Vec::new());
+        assert!(status.readiness().ready);
+        let text = status.metrics_text().expect("encodes");
+        assert!(text.contains("\ncrmflow_commits_total 7\n"), "{text}");
+        assert!(text.contains("crmflow_assigned_partitions 1"), "{text}");
+        status.withdraw();
+        assert_eq!(status.readiness().reason.as_deref(), Some("the processor has stopped"));
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct ChangelogRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// The bytes of the changelog key of a store key, without building it.
+pub(crate) fn record_key_len(family: Family, key: &[u8]) -> usize {
+    family.name().len() + 1 + key.len()
+}
+
 /// The changelog key of a store key.
 pub(crate) fn record_key(family: Family, key: &[u8]) -> Vec<u8> {
     let name = family.name().as_bytes();

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::FormatError;
 
 /// Number of column families; sizes the per-family arrays of the stage.
-pub(crate) const FAMILY_COUNT: usize = 8;
+pub(crate) const FAMILY_COUNT: usize = 9;
 
 /// One column family, i.e. one projection (or bookkeeping table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +34,10 @@ pub(crate) enum Family {
     /// CRM record, after its sequence number (big-endian `u64`), which orders the traces for
     /// forgetting. Local only: never in the changelog.
     Explanations,
+    /// `company \0 user \0 inverted date \0 activity` → nothing: the ledger indexed by account,
+    /// latest first, so a user's latest activities are read without scanning the company's
+    /// ledger. Local: derived from `ledger` as it is written or restored.
+    UserActivities,
 }
 
 impl Family {
@@ -47,6 +51,7 @@ impl Family {
         Family::SeenOrder,
         Family::Meta,
         Family::Explanations,
+        Family::UserActivities,
     ];
 
     /// The RocksDB column family name.
@@ -60,13 +65,14 @@ impl Family {
             Family::SeenOrder => "seen_order",
             Family::Meta => "meta",
             Family::Explanations => "explanations",
+            Family::UserActivities => "user_activities",
         }
     }
 
     /// Whether its writes go to the changelog. Traces are diagnostics: restoring them would
     /// double the changelog's traffic for no decision's sake.
     pub(crate) fn changelogged(self) -> bool {
-        !matches!(self, Family::SeenOrder | Family::Explanations)
+        !matches!(self, Family::SeenOrder | Family::Explanations | Family::UserActivities)
     }
 
     /// Whether a changelog record of this family is restored. `seen_order` is not written any
@@ -148,6 +154,13 @@ pub(crate) fn parts(key: &[u8]) -> Option<Vec<String>> {
     Some(parts)
 }
 
+/// Key of a `user_activities` entry. The date is mapped to an unsigned number in the same order,
+/// inverted, and written as 16 hex digits, so a user's keys sort latest first (then by activity).
+pub(crate) fn user_activity_key(company_id: &str, user_id: &str, occurred_at: i64, activity_id: &str) -> Vec<u8> {
+    let inverted = !((occurred_at as u64) ^ (1 << 63));
+    key(&[company_id, user_id, &format!("{inverted:016x}"), activity_id])
+}
+
 /// Key of a `seen_order` entry: big-endian, so RocksDB orders entries oldest first.
 pub(crate) fn sequence_key(sequence: u64) -> [u8; 8] {
     sequence.to_be_bytes()
@@ -221,6 +234,18 @@ mod tests {
             assert_eq!(Family::ALL[family.index()], family);
         }
         assert_eq!(Family::from_name("default"), None);
+    }
+
+    #[test]
+    fn a_users_activity_keys_sort_latest_first_then_by_activity() {
+        let keys: Vec<Vec<u8>> = [(i64::MAX, "b"), (5, "a"), (5, "b"), (0, "a"), (-1, "a"), (i64::MIN, "a")]
+            .into_iter()
+            .map(|(millis, activity)| user_activity_key("acme", "u1", millis, activity))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+        assert_eq!(parts(&keys[1]).map(|p| p[3].clone()), Some("a".to_owned()), "the activity is the last id");
     }
 
     #[test]

@@ -100,6 +100,23 @@ pub enum StoreError {
         /// Why.
         source: rocksdb::Error,
     },
+    /// A write would make a changelog record larger than the changelog can take: nothing of its
+    /// decision is staged.
+    #[error(
+        "the `{family}` value for key `{key}` would make a changelog record of {bytes} bytes, above the {limit} \
+         bytes the changelog takes (the smaller of the producer's message.max.bytes and the changelog topic's \
+         max.message.bytes, less framing)"
+    )]
+    TooLarge {
+        /// The column family.
+        family: &'static str,
+        /// The key, escaped for display.
+        key: String,
+        /// The changelog record's key and value bytes.
+        bytes: usize,
+        /// The most the changelog takes.
+        limit: usize,
+    },
     /// Writing a batch of restored changelog records failed.
     #[error("cannot write restored changelog records into state store at {}: {source}", path.display())]
     RestoreBatch {

@@ -20,10 +20,16 @@
 //! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
 //! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
 //! | `explanations` | company, integration, object type, id | sequence (`u64`) + trace (JSON) |
+//! | `user_activities` | company, user, inverted date, activity | empty (local, derived from `ledger`) |
 //!
 //! `explanations` keeps each CRM record's last decision trace, bounded like the seen ids, for
 //! the explain query; the order to forget them in is rebuilt in memory from the sequence
-//! numbers. It is local: never written to the changelog.
+//! numbers. It is local: never written to the changelog. So is `user_activities`, the ledger
+//! indexed by account, latest first, which every ledger write (or restored ledger record) keeps
+//! in step.
+//!
+//! Operators' queries read a [`CommittedView`]: the same RocksDB handle, without the stage, so
+//! they never wait for processing; each reads one [`CommittedSnapshot`].
 //!
 //! Keys join the identifying strings with a `0x00` byte, company first, so all keys
 //! of a company are adjacent. Values are `serde_json` of the domain types: simple to
@@ -69,5 +75,7 @@ mod store;
 pub use changelog::ChangelogRecord;
 pub use error::{FormatError, StoreError};
 pub use store::{
-    ChangelogPosition, InputPosition, KeptExplanation, ProvisionedUser, RestoreBatch, StateStore, StoreOptions,
+    check_changelog_record_sizes, ChangelogPosition, CommittedSnapshot, CommittedView, InputPosition, KeptExplanation,
+    ProvisionedUser, RestoreBatch, StateStore, StoreOptions, CHANGELOG_RECORD_FRAMING,
+    DEFAULT_MAX_CHANGELOG_RECORD_BYTES,
 };

@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crmflow_domain::state::DEFAULT_SEEN_CAPACITY;
 use crmflow_domain::{Account, Integration, LedgerEntry, StateChange, StateView};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,14 @@ pub struct ChangelogPosition {
     pub written_at: i64,
 }
 
+/// The largest changelog record (key and value bytes) a store writes by default: librdkafka's
+/// default `message.max.bytes` (below Kafka's default `max.message.bytes`), less
+/// [`CHANGELOG_RECORD_FRAMING`].
+pub const DEFAULT_MAX_CHANGELOG_RECORD_BYTES: usize = 1_000_000 - CHANGELOG_RECORD_FRAMING;
+
+/// Bytes set aside for a changelog record's framing in its batch (batch and record headers).
+pub const CHANGELOG_RECORD_FRAMING: usize = 512;
+
 /// How a [`StateStore`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -46,11 +55,18 @@ pub struct StoreOptions {
     pub seen_capacity: usize,
     /// How many integrations to keep decoded in memory (0 disables the cache).
     pub cache_capacity: usize,
+    /// The largest changelog record (key and value bytes) a write may make; a larger one is
+    /// refused with [`StoreError::TooLarge`], as the changelog could never take it.
+    pub max_changelog_record_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { seen_capacity: DEFAULT_SEEN_CAPACITY, cache_capacity: 1024 }
+        StoreOptions {
+            seen_capacity: DEFAULT_SEEN_CAPACITY,
+            cache_capacity: 1024,
+            max_changelog_record_bytes: DEFAULT_MAX_CHANGELOG_RECORD_BYTES,
+        }
     }
 }
 
@@ -66,6 +82,8 @@ pub struct RestoreBatch {
     integrations: Vec<Vec<u8>>,
     // Its `seen` writes in order (key, value): their `seen_order` entries are added when written.
     seen: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    // Its `ledger` writes in order (key, value): their `user_activities` entries likewise.
+    ledger: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl std::fmt::Debug for RestoreBatch {
@@ -85,9 +103,10 @@ type Undo = (Family, Vec<u8>, Option<Option<Vec<u8>>>);
 /// Decisions read through the staged (uncommitted) writes first; [`StateStore::commit`]
 /// persists them atomically together with the input positions. See the crate docs.
 pub struct StateStore {
-    path: PathBuf,
-    db: DB,
+    // The RocksDB handle, shared with operators' queries (see `committed`).
+    view: CommittedView,
     seen_capacity: u64,
+    max_changelog_record_bytes: usize,
     // Ordered maps, so the changelog sees the writes of a batch in a stable order.
     staged: [Stage; FAMILY_COUNT],
     // Committed integrations only, never staged ones: discarding the stage then needs
@@ -100,7 +119,7 @@ pub struct StateStore {
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateStore")
-            .field("path", &self.path)
+            .field("path", &self.view.path)
             .field("seen_capacity", &self.seen_capacity)
             .field("staged_writes", &self.staged.iter().map(BTreeMap::len).sum::<usize>())
             .finish_non_exhaustive()
@@ -141,10 +160,15 @@ impl StateStore {
         for name in obsolete {
             db.drop_cf(name).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
         }
+        let view = CommittedView { path: path.to_owned(), db: Arc::new(db) };
+        if !existing.is_empty() && !existing.iter().any(|name| name == Family::UserActivities.name()) {
+            // A store from before the index: derive it once from the ledger.
+            index_ledger(&view)?;
+        }
         Ok(StateStore {
-            path: path.to_owned(),
-            db,
+            view,
             seen_capacity: u64::try_from(options.seen_capacity.max(1)).unwrap_or(u64::MAX),
+            max_changelog_record_bytes: options.max_changelog_record_bytes,
             staged: Default::default(),
             cache: Mutex::new(IntegrationCache::new(options.cache_capacity)),
             trace_index: None,
@@ -155,13 +179,9 @@ impl StateStore {
     /// changelog it belongs to).
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         for family in Family::ALL {
-            let cf = self.cf(family)?;
-            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-                let (key, _) = item.map_err(|source| StoreError::Iterate {
-                    path: self.path.clone(),
-                    family: family.name(),
-                    source,
-                })?;
+            let cf = self.view.cf(family)?;
+            for item in self.view.db.iterator_cf(cf, IteratorMode::Start) {
+                let (key, _) = item.map_err(|source| self.view.iterate_error(family, source))?;
                 if family != Family::Meta || !encoding::LOCAL_META.contains(&&key[..]) {
                     return Ok(false);
                 }
@@ -172,23 +192,47 @@ impl StateStore {
 
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.view.path
     }
 
-    /// Stages the changes of a decision; later reads see them. All or nothing: if a
-    /// change fails, the changes of this call are taken back.
+    /// The store's committed state, for operators' queries beside processing. Withdraw every
+    /// copy before dropping the store: dropping it waits for them.
+    pub fn committed_view(&self) -> CommittedView {
+        self.view.clone()
+    }
+
+    /// Stages the changes of a decision; later reads see them. All or nothing: if a change
+    /// fails, or one would make a changelog record larger than the changelog takes
+    /// ([`StoreError::TooLarge`]), the changes of this call are taken back.
     pub fn stage(&mut self, changes: &[StateChange]) -> Result<(), StoreError> {
         let mut undo = Vec::new();
-        for change in changes {
-            if let Err(error) = self.stage_one(change, &mut undo) {
-                for (family, key, previous) in undo.into_iter().rev() {
-                    let stage = &mut self.staged[family.index()];
-                    match previous {
-                        Some(value) => stage.insert(key, value),
-                        None => stage.remove(&key),
-                    };
-                }
-                return Err(error);
+        let staged = changes.iter().try_for_each(|change| self.stage_one(change, &mut undo));
+        if let Err(error) = staged.and_then(|()| self.check_record_sizes(&undo)) {
+            for (family, key, previous) in undo.into_iter().rev() {
+                let stage = &mut self.staged[family.index()];
+                match previous {
+                    Some(value) => stage.insert(key, value),
+                    None => stage.remove(&key),
+                };
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Refuses writes whose changelog record would be larger than the changelog takes: sent, it
+    /// would be refused, and every attempt at the round after it too.
+    fn check_record_sizes(&self, written: &[Undo]) -> Result<(), StoreError> {
+        for (family, key, _) in written.iter().filter(|(family, _, _)| family.changelogged()) {
+            let value = self.staged[family.index()].get(key).and_then(Option::as_ref).map_or(0, Vec::len);
+            let bytes = changelog::record_key_len(*family, key) + value;
+            if bytes > self.max_changelog_record_bytes {
+                return Err(StoreError::TooLarge {
+                    family: family.name(),
+                    key: display_key(key),
+                    bytes,
+                    limit: self.max_changelog_record_bytes,
+                });
             }
         }
         Ok(())
@@ -209,7 +253,7 @@ impl StateStore {
         }
         let mut batch = WriteBatch::default();
         for family in Family::ALL {
-            let cf = self.cf(family)?;
+            let cf = self.view.cf(family)?;
             for (key, value) in &self.staged[family.index()] {
                 match value {
                     Some(value) => batch.put_cf(cf, key, value),
@@ -217,10 +261,10 @@ impl StateStore {
                 }
             }
         }
-        let meta = self.cf(Family::Meta)?;
+        let meta = self.view.cf(Family::Meta)?;
         for position in positions {
             let key = encoding::position_key(&position.topic, position.partition);
-            let value = self.encode(Family::Meta, &key, position)?;
+            let value = self.view.encode(Family::Meta, &key, position)?;
             batch.put_cf(meta, key, value);
         }
         if let Some(changelog) = changelog {
@@ -230,8 +274,8 @@ impl StateStore {
         // holds a prefix of them and is at most behind its changelog, whose tail restores the rest
         // (see `crmflow_runtime::restore`). A process crash loses nothing. An fsync per partition
         // per commit would cost more than the commit itself.
-        self.db.write(batch).map_err(|source| StoreError::Commit {
-            path: self.path.clone(),
+        self.view.db.write(batch).map_err(|source| StoreError::Commit {
+            path: self.view.path.clone(),
             writes,
             positions: positions.len(),
             source,
@@ -253,16 +297,15 @@ impl StateStore {
     /// The committed input positions (next offset to read), ordered by topic and partition.
     pub fn positions(&self) -> Result<Vec<InputPosition>, StoreError> {
         let family = Family::Meta;
-        let cf = self.cf(family)?;
+        let cf = self.view.cf(family)?;
         let mode = IteratorMode::From(encoding::POSITION_PREFIX, Direction::Forward);
         let mut positions = Vec::new();
-        for item in self.db.iterator_cf(cf, mode) {
-            let (key, value) =
-                item.map_err(|source| StoreError::Iterate { path: self.path.clone(), family: family.name(), source })?;
+        for item in self.view.db.iterator_cf(cf, mode) {
+            let (key, value) = item.map_err(|source| self.view.iterate_error(family, source))?;
             if !key.starts_with(encoding::POSITION_PREFIX) {
                 break;
             }
-            positions.push(self.decode(family, &key, &value)?);
+            positions.push(self.view.decode(family, &key, &value)?);
         }
         positions.sort();
         Ok(positions)
@@ -283,7 +326,7 @@ impl StateStore {
             .collect();
         for position in positions {
             let key = encoding::position_key(&position.topic, position.partition);
-            let value = self.encode(Family::Meta, &key, position)?;
+            let value = self.view.encode(Family::Meta, &key, position)?;
             records.push(ChangelogRecord { key: changelog::record_key(Family::Meta, &key), value: Some(value) });
         }
         Ok(records)
@@ -292,7 +335,7 @@ impl StateStore {
     /// The next changelog offset the store reflects (`None`: it never recorded one, e.g. a new
     /// store, or one that predates changelogs).
     pub fn changelog_next(&self) -> Result<Option<i64>, StoreError> {
-        self.read_committed(Family::Meta, encoding::CHANGELOG_NEXT)
+        self.view.read_committed(Family::Meta, encoding::CHANGELOG_NEXT)
     }
 
     /// How far the store reflects its changelog and since when (`None`: it never recorded a
@@ -300,13 +343,13 @@ impl StateStore {
     /// for its tail to be trusted.
     pub fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StoreError> {
         let Some(next) = self.changelog_next()? else { return Ok(None) };
-        let written_at = self.read_committed(Family::Meta, encoding::CHANGELOG_WRITTEN_AT)?.unwrap_or(0);
+        let written_at = self.view.read_committed(Family::Meta, encoding::CHANGELOG_WRITTEN_AT)?.unwrap_or(0);
         Ok(Some(ChangelogPosition { next, written_at }))
     }
 
     /// The id of the changelog topic the store's content comes from (`None`: not recorded).
     pub fn changelog_id(&self) -> Result<Option<String>, StoreError> {
-        self.read_committed(Family::Meta, encoding::CHANGELOG_ID)
+        self.view.read_committed(Family::Meta, encoding::CHANGELOG_ID)
     }
 
     /// Records the id of the changelog topic the store's content comes from: a store whose id
@@ -314,9 +357,9 @@ impl StateStore {
     /// created again, by a reset say) and is restored in full.
     pub fn set_changelog_id(&self, id: &str) -> Result<(), StoreError> {
         let key = encoding::CHANGELOG_ID;
-        let value = self.encode(Family::Meta, key, &id)?;
-        self.db.put_cf(self.cf(Family::Meta)?, key, value).map_err(|source| StoreError::Commit {
-            path: self.path.clone(),
+        let value = self.view.encode(Family::Meta, key, &id)?;
+        self.view.db.put_cf(self.view.cf(Family::Meta)?, key, value).map_err(|source| StoreError::Commit {
+            path: self.view.path.clone(),
             writes: 1,
             positions: 0,
             source,
@@ -324,11 +367,11 @@ impl StateStore {
     }
 
     fn put_changelog_position(&self, batch: &mut WriteBatch, changelog: ChangelogPosition) -> Result<(), StoreError> {
-        let meta = self.cf(Family::Meta)?;
+        let meta = self.view.cf(Family::Meta)?;
         let ChangelogPosition { next, written_at } = changelog;
-        batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
+        batch.put_cf(meta, encoding::CHANGELOG_NEXT, self.view.encode(Family::Meta, encoding::CHANGELOG_NEXT, &next)?);
         let key = encoding::CHANGELOG_WRITTEN_AT;
-        batch.put_cf(meta, key, self.encode(Family::Meta, key, &written_at)?);
+        batch.put_cf(meta, key, self.view.encode(Family::Meta, key, &written_at)?);
         Ok(())
     }
 
@@ -367,7 +410,7 @@ impl StateStore {
             if let Some(value) = value {
                 self.check_value(family, key, value)?;
             }
-            let cf = self.cf(family)?;
+            let cf = self.view.cf(family)?;
             match value {
                 Some(value) => prepared.batch.put_cf(cf, key, value),
                 None => prepared.batch.delete_cf(cf, key),
@@ -375,6 +418,7 @@ impl StateStore {
             match family {
                 Family::Integrations => prepared.integrations.push(key.to_vec()),
                 Family::Seen => prepared.seen.push((key.to_vec(), value.map(<[u8]>::to_vec))),
+                Family::Ledger => prepared.ledger.push((key.to_vec(), value.map(<[u8]>::to_vec))),
                 _ => {}
             }
         }
@@ -388,20 +432,22 @@ impl StateStore {
     /// Without RocksDB's log, like [`StateStore::restore`]: whatever a crash leaves is a prefix of
     /// the batches (families flush together), and the position in it says how far it got.
     pub fn apply_restore(&self, prepared: RestoreBatch, reached: Option<ChangelogPosition>) -> Result<(), StoreError> {
-        let RestoreBatch { mut batch, integrations, seen } = prepared;
+        let RestoreBatch { mut batch, integrations, seen, ledger } = prepared;
         // Sequence numbers of the seen ids this batch remembers, for a forget later in the batch.
         let mut sequences: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for (key, value) in seen {
             self.restore_seen_order(&mut batch, &mut sequences, key, value)?;
         }
+        self.restore_user_activities(&mut batch, ledger)?;
         if let Some(reached) = reached {
             self.put_changelog_position(&mut batch, reached)?;
         }
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
-        self.db
+        self.view
+            .db
             .write_opt(batch, &unlogged)
-            .map_err(|source| StoreError::RestoreBatch { path: self.path.clone(), source })?;
+            .map_err(|source| StoreError::RestoreBatch { path: self.view.path.clone(), source })?;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         for key in integrations {
             cache.invalidate(&key);
@@ -419,7 +465,7 @@ impl StateStore {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let order = self.cf(Family::SeenOrder)?;
+        let order = self.view.cf(Family::SeenOrder)?;
         match value {
             // Empty: remembered before the lean format, its order came through the changelog.
             Some(sequence) if sequence.len() == 8 => {
@@ -431,9 +477,10 @@ impl StateStore {
                 let sequence = match sequences.remove(&key) {
                     Some(sequence) => Some(sequence),
                     None => self
+                        .view
                         .db
-                        .get_cf(self.cf(Family::Seen)?, &key)
-                        .map_err(|source| self.read_error(Family::Seen, &key, source))?,
+                        .get_cf(self.view.cf(Family::Seen)?, &key)
+                        .map_err(|source| self.view.read_error(Family::Seen, &key, source))?,
                 };
                 if let Some(sequence) = sequence.filter(|s| s.len() == 8) {
                     batch.delete_cf(order, sequence);
@@ -443,10 +490,39 @@ impl StateStore {
         Ok(())
     }
 
+    /// Keeps `user_activities` in step with restored `ledger` records: each replaces the index
+    /// entry of the value it overwrites (written earlier in the batch, or before it).
+    fn restore_user_activities(
+        &self,
+        batch: &mut WriteBatch,
+        ledger: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        let index = self.view.cf(Family::UserActivities)?;
+        let mut written: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        for (key, value) in ledger {
+            let previous = match written.get(&key) {
+                Some(previous) => previous.clone(),
+                None => self
+                    .view
+                    .db
+                    .get_cf(self.view.cf(Family::Ledger)?, &key)
+                    .map_err(|source| self.view.read_error(Family::Ledger, &key, source))?,
+            };
+            if let Some(previous) = previous {
+                batch.delete_cf(index, user_activity_key_of(&self.view, &key, &previous)?);
+            }
+            if let Some(value) = &value {
+                batch.put_cf(index, user_activity_key_of(&self.view, &key, value)?, []);
+            }
+            written.insert(key, value);
+        }
+        Ok(())
+    }
+
     /// The family and store key of a changelog record key, refusing what is no store write.
     fn restored_key<'k>(&self, record_key: &'k [u8]) -> Result<(Family, &'k [u8]), StoreError> {
         let unknown = |family: &[u8]| StoreError::UnknownFamily {
-            path: self.path.clone(),
+            path: self.view.path.clone(),
             family: String::from_utf8_lossy(family).into_owned(),
             key: display_key(record_key),
         };
@@ -465,17 +541,18 @@ impl StateStore {
     /// through it.
     pub fn finish_restore(&self, reached: Option<ChangelogPosition>) -> Result<(), StoreError> {
         self.apply_restore(RestoreBatch::default(), reached)?;
-        let families = Family::ALL.map(|family| self.cf(family)).into_iter().collect::<Result<Vec<_>, _>>()?;
-        self.db
+        let families = Family::ALL.map(|family| self.view.cf(family)).into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.view
+            .db
             .flush_cfs_opt(&families, &rocksdb::FlushOptions::default())
-            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })
+            .map_err(|source| StoreError::Flush { path: self.view.path.clone(), source })
     }
 
     /// Deletes the store from disk (a stale store about to be restored in full from its
     /// changelog), returning its directory.
     pub fn destroy(self) -> Result<PathBuf, StoreError> {
-        let path = self.path.clone();
-        drop(self.db);
+        let path = self.view.path.clone();
+        drop(self);
         std::fs::remove_dir_all(&path).map_err(|source| StoreError::Destroy { path: path.clone(), source })?;
         Ok(path)
     }
@@ -497,16 +574,38 @@ impl StateStore {
                 Ok(())
             }
             StateChange::PutLedger { company_id, activity_id, entry } => {
-                self.stage_value(Family::Ledger, encoding::key(&[company_id, activity_id]), entry, undo)
+                let key = encoding::key(&[company_id, activity_id]);
+                self.unindex_activity(company_id, activity_id, &key, undo)?;
+                let index = encoding::user_activity_key(company_id, &entry.user_id, entry.occurred_at.0, activity_id);
+                self.put_staged(Family::UserActivities, index, Some(Vec::new()), undo);
+                self.stage_value(Family::Ledger, key, entry, undo)
             }
             StateChange::RemoveLedger { company_id, activity_id } => {
-                self.put_staged(Family::Ledger, encoding::key(&[company_id, activity_id]), None, undo);
+                let key = encoding::key(&[company_id, activity_id]);
+                self.unindex_activity(company_id, activity_id, &key, undo)?;
+                self.put_staged(Family::Ledger, key, None, undo);
                 Ok(())
             }
             StateChange::RememberEvent { company_id, event_id } => {
                 self.remember(encoding::key(&[company_id, event_id]), undo)
             }
         }
+    }
+
+    /// Stages the removal of an activity's `user_activities` entry, if the ledger holds it now
+    /// (its account or date may change with the write that follows).
+    fn unindex_activity(
+        &mut self,
+        company_id: &str,
+        activity_id: &str,
+        ledger_key: &[u8],
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), StoreError> {
+        if let Some(entry) = self.read::<LedgerEntry>(Family::Ledger, ledger_key)? {
+            let index = encoding::user_activity_key(company_id, &entry.user_id, entry.occurred_at.0, activity_id);
+            self.put_staged(Family::UserActivities, index, None, undo);
+        }
+        Ok(())
     }
 
     /// Remembers an event id the way `MemoryState` does: ids already remembered keep
@@ -526,7 +625,7 @@ impl StateStore {
             let order_key = encoding::sequence_key(oldest).to_vec();
             let Some(evicted) = self.get_raw(Family::SeenOrder, &order_key)? else {
                 return Err(StoreError::Inconsistent {
-                    path: self.path.clone(),
+                    path: self.view.path.clone(),
                     family: Family::SeenOrder.name(),
                     key: display_key(&order_key),
                     problem: format!(
@@ -554,7 +653,7 @@ impl StateStore {
         value: &T,
         undo: &mut Vec<Undo>,
     ) -> Result<(), StoreError> {
-        let value = self.encode(family, &key, value)?;
+        let value = self.view.encode(family, &key, value)?;
         self.put_staged(family, key, Some(value), undo);
         Ok(())
     }
@@ -564,18 +663,12 @@ impl StateStore {
         undo.push((family, key, previous));
     }
 
-    fn cf(&self, family: Family) -> Result<&ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(family.name())
-            .ok_or_else(|| StoreError::MissingFamily { path: self.path.clone(), family: family.name() })
-    }
-
     /// The current bytes of a key: staged first, then committed.
     fn get_raw(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(staged) = self.staged[family.index()].get(key) {
             return Ok(staged.clone());
         }
-        self.db.get_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))
+        self.view.db.get_cf(self.view.cf(family)?, key).map_err(|source| self.view.read_error(family, key, source))
     }
 
     /// Whether a key currently exists, staged first, then committed.
@@ -583,63 +676,38 @@ impl StateStore {
         if let Some(staged) = self.staged[family.index()].get(key) {
             return Ok(staged.is_some());
         }
-        let found =
-            self.db.get_pinned_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))?;
+        let found = self
+            .view
+            .db
+            .get_pinned_cf(self.view.cf(family)?, key)
+            .map_err(|source| self.view.read_error(family, key, source))?;
         Ok(found.is_some())
     }
 
     /// The current value of a key, decoded; staged first, then committed.
     fn read<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> Result<Option<T>, StoreError> {
         if let Some(staged) = self.staged[family.index()].get(key) {
-            return staged.as_deref().map(|bytes| self.decode(family, key, bytes)).transpose();
+            return staged.as_deref().map(|bytes| self.view.decode(family, key, bytes)).transpose();
         }
-        self.read_committed(family, key)
-    }
-
-    fn read_committed<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> Result<Option<T>, StoreError> {
-        let found =
-            self.db.get_pinned_cf(self.cf(family)?, key).map_err(|source| self.read_error(family, key, source))?;
-        found.map(|bytes| self.decode(family, key, &bytes)).transpose()
+        self.view.read_committed(family, key)
     }
 
     /// Checks that a restored value decodes as what its family holds.
     fn check_value(&self, family: Family, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         match family {
-            Family::Integrations => self.decode::<Integration>(family, key, value).map(drop),
-            Family::Accounts => self.decode::<Account>(family, key, value).map(drop),
-            Family::Teams => self.decode::<String>(family, key, value).map(drop),
-            Family::Ledger => self.decode::<LedgerEntry>(family, key, value).map(drop),
+            Family::Integrations => self.view.decode::<Integration>(family, key, value).map(drop),
+            Family::Accounts => self.view.decode::<Account>(family, key, value).map(drop),
+            Family::Teams => self.view.decode::<String>(family, key, value).map(drop),
+            Family::Ledger => self.view.decode::<LedgerEntry>(family, key, value).map(drop),
             Family::Meta if key == encoding::SEEN_NEXT || key == encoding::SEEN_OLDEST => {
-                self.decode::<u64>(family, key, value).map(drop)
+                self.view.decode::<u64>(family, key, value).map(drop)
             }
             Family::Meta if key.starts_with(encoding::POSITION_PREFIX) => {
-                self.decode::<InputPosition>(family, key, value).map(drop)
+                self.view.decode::<InputPosition>(family, key, value).map(drop)
             }
             // Presence markers and stored keys: any bytes will do (local families never come).
-            Family::Seen | Family::SeenOrder | Family::Meta | Family::Explanations => Ok(()),
+            Family::Seen | Family::SeenOrder | Family::Meta | Family::Explanations | Family::UserActivities => Ok(()),
         }
-    }
-
-    fn decode<T: DeserializeOwned>(&self, family: Family, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-        encoding::decode(bytes).map_err(|source| StoreError::Decode {
-            path: self.path.clone(),
-            family: family.name(),
-            key: display_key(key),
-            source,
-        })
-    }
-
-    fn encode<T: Serialize>(&self, family: Family, key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-        encoding::encode(value).map_err(|source| StoreError::Encode {
-            path: self.path.clone(),
-            family: family.name(),
-            key: display_key(key),
-            source,
-        })
-    }
-
-    fn read_error(&self, family: Family, key: &[u8], source: rocksdb::Error) -> StoreError {
-        StoreError::Read { path: self.path.clone(), family: family.name(), key: display_key(key), source }
     }
 }
 
@@ -650,7 +718,7 @@ impl StateView for StateStore {
         let key = encoding::key(&[company_id, integration_id]);
         if let Some(staged) = self.staged[Family::Integrations.index()].get(&key) {
             let staged: Option<Integration> =
-                staged.as_deref().map(|bytes| self.decode(Family::Integrations, &key, bytes)).transpose()?;
+                staged.as_deref().map(|bytes| self.view.decode(Family::Integrations, &key, bytes)).transpose()?;
             return Ok(staged.map(Arc::new));
         }
         // Every CRM change reads its integration: keep decoded ones at hand.
@@ -658,7 +726,7 @@ impl StateView for StateStore {
             return Ok(cached);
         }
         let integration: Option<Arc<Integration>> =
-            self.read_committed::<Integration>(Family::Integrations, &key)?.map(Arc::new);
+            self.view.read_committed::<Integration>(Family::Integrations, &key)?.map(Arc::new);
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, integration.clone());
         Ok(integration)
     }
@@ -683,6 +751,100 @@ impl StateView for StateStore {
     fn has_seen(&self, company_id: &str, event_id: &str) -> Result<bool, StoreError> {
         self.contains(Family::Seen, &encoding::key(&[company_id, event_id]))
     }
+}
+
+/// Whether `changes` can all be written within a changelog that takes records of at most `limit`
+/// key and value bytes: the rule [`StateStore::stage`] enforces (with the bytes it stages), for
+/// those that keep state elsewhere (`crmflow simulate`). Deletes and bookkeeping are never larger
+/// than the writes checked here.
+pub fn check_changelog_record_sizes(changes: &[StateChange], limit: usize) -> Result<(), StoreError> {
+    // The changelog carries a key's last write of a batch, as the stage keeps it.
+    let mut writes: BTreeMap<(Family, Vec<u8>), usize> = BTreeMap::new();
+    for change in changes {
+        let (family, key, value) = match change {
+            StateChange::PutIntegration { company_id, integration_id, integration } => {
+                (Family::Integrations, encoding::key(&[company_id, integration_id]), encoding::encode(integration))
+            }
+            StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
+                (Family::Accounts, encoding::key(&[company_id, integration_id, crm_user_id]), encoding::encode(account))
+            }
+            StateChange::PutTeam { company_id, user_id, team_id } => {
+                (Family::Teams, encoding::key(&[company_id, user_id]), encoding::encode(team_id))
+            }
+            StateChange::RemoveTeam { company_id, user_id } => {
+                (Family::Teams, encoding::key(&[company_id, user_id]), Ok(Vec::new()))
+            }
+            StateChange::PutLedger { company_id, activity_id, entry } => {
+                (Family::Ledger, encoding::key(&[company_id, activity_id]), encoding::encode(entry))
+            }
+            StateChange::RemoveLedger { company_id, activity_id } => {
+                (Family::Ledger, encoding::key(&[company_id, activity_id]), Ok(Vec::new()))
+            }
+            StateChange::RememberEvent { company_id, event_id } => {
+                (Family::Seen, encoding::key(&[company_id, event_id]), Ok(encoding::sequence_key(0).to_vec()))
+            }
+        };
+        let value = value.map_err(|source| StoreError::Encode {
+            path: PathBuf::new(),
+            family: family.name(),
+            key: display_key(&key),
+            source,
+        })?;
+        writes.insert((family, key), value.len());
+    }
+    for ((family, key), value) in writes {
+        let bytes = changelog::record_key_len(family, &key) + value;
+        if bytes > limit {
+            return Err(StoreError::TooLarge { family: family.name(), key: display_key(&key), bytes, limit });
+        }
+    }
+    Ok(())
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        // Operators' queries hold the RocksDB handle while they read (their owner withdraws it
+        // from them first): wait for the last, so the store is closed when this returns and can
+        // be opened or deleted at once.
+        let started = Instant::now();
+        while Arc::strong_count(&self.view.db) > 1 {
+            if started.elapsed() > CLOSE_WAIT {
+                tracing::warn!(path = %self.view.path.display(), "closing a store that a query still reads");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// How long closing a store waits for the queries that read it.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// The `user_activities` key of the ledger entry `entry` stored under `ledger_key`.
+fn user_activity_key_of(view: &CommittedView, ledger_key: &[u8], entry: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let entry: LedgerEntry = view.decode(Family::Ledger, ledger_key, entry)?;
+    let company_id = view.key_part(Family::Ledger, ledger_key, 0)?;
+    let activity_id = view.key_part(Family::Ledger, ledger_key, 1)?;
+    Ok(encoding::user_activity_key(&company_id, &entry.user_id, entry.occurred_at.0, &activity_id))
+}
+
+/// Writes the `user_activities` index of a store whose ledger was written without it.
+fn index_ledger(view: &CommittedView) -> Result<(), StoreError> {
+    let ledger = view.cf(Family::Ledger)?;
+    let index = view.cf(Family::UserActivities)?;
+    let mut batch = WriteBatch::default();
+    for item in view.db.iterator_cf(ledger, IteratorMode::Start) {
+        let (key, value) = item.map_err(|source| view.iterate_error(Family::Ledger, source))?;
+        batch.put_cf(index, user_activity_key_of(view, &key, &value)?, []);
+        if batch.len() >= 10_000 {
+            write_index(view, std::mem::take(&mut batch))?;
+        }
+    }
+    write_index(view, batch)
+}
+
+fn write_index(view: &CommittedView, batch: WriteBatch) -> Result<(), StoreError> {
+    view.db.write(batch).map_err(|source| StoreError::RestoreBatch { path: view.path.clone(), source })
 }
 
 /// Committed integrations (including known absences), decoded, up to a capacity.
@@ -718,11 +880,11 @@ impl IntegrationCache {
     }
 }
 
+mod committed;
 mod explanations;
-mod queries;
 
+pub use committed::{CommittedSnapshot, CommittedView, ProvisionedUser};
 pub use explanations::KeptExplanation;
-pub use queries::ProvisionedUser;
 
 #[cfg(test)]
 mod tests;

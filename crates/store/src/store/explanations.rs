@@ -8,6 +8,7 @@
 //! reads per CRM change, about a fifth of the processing thread.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 
 use crmflow_domain::CrmChangeExplanation;
 use rocksdb::IteratorMode;
@@ -44,7 +45,7 @@ impl StateStore {
         }
         let key = explanation_key(explanation);
         // Encoded before the index is taken: nothing after this can fail and lose the index.
-        let trace = self.encode(Family::Explanations, &key, explanation)?;
+        let trace = self.view.encode(Family::Explanations, &key, explanation)?;
         let mut index = match self.trace_index.take() {
             Some(index) => index,
             None => self.read_trace_index()?,
@@ -69,35 +70,14 @@ impl StateStore {
         Ok(())
     }
 
-    /// The committed last trace of a CRM record, if one is kept.
-    pub fn explanation(
-        &self,
-        company_id: &str,
-        integration_id: &str,
-        object_type: &str,
-        object_id: &str,
-    ) -> Result<Option<KeptExplanation>, StoreError> {
-        let key = encoding::key(&[company_id, integration_id, object_type, object_id]);
-        let cf = self.cf(Family::Explanations)?;
-        let Some(bytes) =
-            self.db.get_pinned_cf(cf, &key).map_err(|source| self.read_error(Family::Explanations, &key, source))?
-        else {
-            return Ok(None);
-        };
-        let sequence = sequence_of(&bytes).ok_or_else(|| short_value(self, &key))?;
-        let explanation = self.decode(Family::Explanations, &key, &bytes[8..])?;
-        Ok(Some(KeptExplanation { sequence, explanation }))
-    }
-
     /// The committed traces in the order they were kept, from their stored sequence numbers.
     fn read_trace_index(&self) -> Result<TraceIndex, StoreError> {
         let family = Family::Explanations;
-        let cf = self.cf(family)?;
+        let cf = self.view.cf(family)?;
         let mut order = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) =
-                item.map_err(|source| StoreError::Iterate { path: self.path.clone(), family: family.name(), source })?;
-            let sequence = sequence_of(&value).ok_or_else(|| short_value(self, &key))?;
+        for item in self.view.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(|source| self.view.iterate_error(family, source))?;
+            let sequence = sequence_of(&value).ok_or_else(|| short_value(&self.view.path, &key))?;
             order.push((sequence, key.into_vec()));
         }
         order.sort_unstable();
@@ -108,9 +88,9 @@ impl StateStore {
 }
 
 /// The error of a stored trace too short to start with its sequence number.
-fn short_value(store: &StateStore, key: &[u8]) -> StoreError {
+pub(super) fn short_value(path: &Path, key: &[u8]) -> StoreError {
     StoreError::Inconsistent {
-        path: store.path.clone(),
+        path: path.to_owned(),
         family: Family::Explanations.name(),
         key: display_key(key),
         problem: "the value is shorter than its sequence number".into(),
@@ -128,6 +108,6 @@ fn explanation_key(explanation: &CrmChangeExplanation) -> Vec<u8> {
 }
 
 /// The big-endian sequence number that starts a trace's value.
-fn sequence_of(bytes: &[u8]) -> Option<u64> {
+pub(super) fn sequence_of(bytes: &[u8]) -> Option<u64> {
     bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }

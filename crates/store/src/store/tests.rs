@@ -152,8 +152,8 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     store.commit(&[], None).expect("commits");
     let seen: Vec<bool> = ["a", "b", "c", "d"].iter().map(|id| store.has_seen("c1", id).expect("reads")).collect();
     assert_eq!(seen, [false, false, true, true]);
-    let order = store.cf(Family::SeenOrder).expect("family");
-    let remaining = store.db.iterator_cf(order, IteratorMode::Start).count();
+    let order = store.view.cf(Family::SeenOrder).expect("family");
+    let remaining = store.view.db.iterator_cf(order, IteratorMode::Start).count();
     assert_eq!(remaining, 2, "evicted ids leave no sequence entries behind");
     drop(store);
 
@@ -286,8 +286,8 @@ fn the_changelog_a_store_comes_from_is_kept_until_it_is_destroyed() {
 fn a_position_without_its_time_counts_as_written_long_ago() {
     let dir = TempDir::new().expect("temp dir");
     let store = open(&dir);
-    let meta = store.cf(Family::Meta).expect("family");
-    store.db.put_cf(meta, encoding::CHANGELOG_NEXT, encoding::encode(&7i64).expect("encodes")).expect("writes");
+    let meta = store.view.cf(Family::Meta).expect("family");
+    store.view.db.put_cf(meta, encoding::CHANGELOG_NEXT, encoding::encode(&7i64).expect("encodes")).expect("writes");
     assert_eq!(store.changelog_position().expect("reads"), Some(ChangelogPosition { next: 7, written_at: 0 }));
 }
 
@@ -295,15 +295,15 @@ fn a_position_without_its_time_counts_as_written_long_ago() {
 fn corrupted_values_on_disk_are_errors() {
     let dir = TempDir::new().expect("temp dir");
     let store = open(&dir);
-    let cf = store.cf(Family::Integrations).expect("family");
-    store.db.put_cf(cf, encoding::key(&["acme", "sf"]), b"{\"crm\": 5}").expect("raw write");
+    let cf = store.view.cf(Family::Integrations).expect("family");
+    store.view.db.put_cf(cf, encoding::key(&["acme", "sf"]), b"{\"crm\": 5}").expect("raw write");
     let error = store.integration("acme", "sf").expect_err("corrupted");
     let message = error.to_string();
     assert!(message.contains("integrations") && message.contains("acme\\x00sf"), "{message}");
     assert!(message.contains(&dir.path().join("0").display().to_string()), "{message}");
 
-    let cf = store.cf(Family::Meta).expect("family");
-    store.db.put_cf(cf, encoding::SEEN_NEXT, b"-1").expect("raw write");
+    let cf = store.view.cf(Family::Meta).expect("family");
+    store.view.db.put_cf(cf, encoding::SEEN_NEXT, b"-1").expect("raw write");
     let mut store = store;
     assert!(matches!(store.stage(&[remember("acme", "e1")]), Err(StoreError::Decode { family: "meta", .. })));
 }
@@ -313,8 +313,8 @@ fn failed_stage_takes_back_its_earlier_changes() {
     let dir = TempDir::new().expect("temp dir");
     let mut store = open(&dir);
     store.stage(&[put_team("acme", "u0", "la")]).expect("stages");
-    let cf = store.cf(Family::Meta).expect("family");
-    store.db.put_cf(cf, encoding::SEEN_NEXT, b"garbage").expect("raw write");
+    let cf = store.view.cf(Family::Meta).expect("family");
+    store.view.db.put_cf(cf, encoding::SEEN_NEXT, b"garbage").expect("raw write");
     let result = store.stage(&[put_team("acme", "u0", "ny"), put_team("acme", "u1", "ny"), remember("acme", "e1")]);
     assert!(result.is_err());
     assert_eq!(store.team_of("acme", "u0").expect("reads").as_deref(), Some("la"), "earlier stage kept");
@@ -519,7 +519,7 @@ proptest! {
     #[test]
     fn behaves_like_memory_state(capacity in 1usize..5, ops in prop::collection::vec(op(), 1..40)) {
         let dir = TempDir::new().expect("temp dir");
-        let options = StoreOptions { seen_capacity: capacity, cache_capacity: 2 };
+        let options = StoreOptions { seen_capacity: capacity, cache_capacity: 2, ..StoreOptions::default() };
         let mut store = open_with(&dir, options.clone());
         let mut committed = MemoryState::with_seen_capacity(capacity);
         let mut working = committed.clone();
@@ -662,7 +662,7 @@ proptest! {
             let holds = accounts.keys().any(|(c, _, _)| c == company)
                 || teams.keys().any(|(c, _)| c == company)
                 || ledger.keys().any(|(c, _)| c == company);
-            prop_assert_eq!(store.holds_company(company).expect("reads"), holds, "holds_company({:?})", company);
+            prop_assert_eq!(store.committed_view().snapshot().holds_company(company).expect("reads"), holds, "holds_company({:?})", company);
             for integration in IDS {
                 let expected: Vec<ProvisionedUser> = accounts
                     .iter()
@@ -673,7 +673,7 @@ proptest! {
                         team_id: teams.get(&(c.clone(), user_id.clone())).cloned(),
                     })
                     .collect();
-                prop_assert_eq!(store.provisioned_users(company, integration).expect("reads"), expected);
+                prop_assert_eq!(store.committed_view().snapshot().provisioned_users(company, integration).expect("reads"), expected);
             }
             for user in IDS {
                 let mut expected: Vec<(String, LedgerEntry)> = ledger
@@ -682,7 +682,7 @@ proptest! {
                     .map(|((_, activity_id), entry)| (activity_id.clone(), entry.clone()))
                     .collect();
                 expected.sort_by(|(a_id, a), (b_id, b)| b.occurred_at.cmp(&a.occurred_at).then_with(|| a_id.cmp(b_id)));
-                prop_assert_eq!(store.activities_of(company, user, usize::MAX).expect("reads"), expected);
+                prop_assert_eq!(store.committed_view().snapshot().activities_of(company, user, usize::MAX).expect("reads"), expected);
             }
         }
     }
@@ -709,9 +709,19 @@ fn activities_of_a_user_come_latest_first_and_bounded() {
         })
         .collect();
     store.stage(&changes).expect("stages");
-    assert!(store.activities_of("acme", "u1", 10).expect("reads").is_empty(), "staged writes are not answered");
+    assert!(
+        store.committed_view().snapshot().activities_of("acme", "u1", 10).expect("reads").is_empty(),
+        "staged writes are not answered"
+    );
     store.commit(&[], None).expect("commits");
-    let ids: Vec<String> = store.activities_of("acme", "u1", 2).expect("reads").into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<String> = store
+        .committed_view()
+        .snapshot()
+        .activities_of("acme", "u1", 2)
+        .expect("reads")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(ids, ["a2", "a4"]);
 }
 
@@ -729,7 +739,12 @@ fn trace(object_id: &str, event_id: &str) -> crmflow_domain::CrmChangeExplanatio
 }
 
 fn kept(store: &StateStore, object_id: &str) -> Option<String> {
-    store.explanation("acme", "sf", "Opportunity", object_id).expect("reads").map(|k| k.explanation.event_id)
+    store
+        .committed_view()
+        .snapshot()
+        .explanation("acme", "sf", "Opportunity", object_id)
+        .expect("reads")
+        .map(|k| k.explanation.event_id)
 }
 
 #[test]
@@ -760,7 +775,15 @@ fn the_last_trace_per_record_is_kept_bounded_and_never_changelogged() {
     assert_eq!(kept(&store, "o2"), None, "the oldest is forgotten beyond the capacity");
     assert_eq!(kept(&store, "o1").as_deref(), Some("e3"));
     assert_eq!(kept(&store, "o3").as_deref(), Some("e4"));
-    assert_eq!(store.explanation("acme", "sf", "Opportunity", "o3").expect("reads").map(|k| k.sequence), Some(3));
+    assert_eq!(
+        store
+            .committed_view()
+            .snapshot()
+            .explanation("acme", "sf", "Opportunity", "o3")
+            .expect("reads")
+            .map(|k| k.sequence),
+        Some(3)
+    );
 }
 
 /// The changelog carries no `seen_order`: a restore rebuilds it from the seen ids' sequence
@@ -833,4 +856,174 @@ fn a_store_with_the_obsolete_trace_order_family_opens_without_it() {
     assert_eq!(kept(&store, "o1"), None, "the oldest is forgotten");
     assert_eq!(kept(&store, "o2").as_deref(), Some("e2"));
     assert_eq!(kept(&store, "o3").as_deref(), Some("e3"));
+}
+
+/// A ledger write: an activity accepted for a user at a date, or retracted.
+fn ledger_write() -> impl Strategy<Value = StateChange> {
+    let entry = (id(), 0i64..3).prop_map(|(user_id, millis)| LedgerEntry {
+        user_id,
+        crm_user_id: "crm".into(),
+        team_id: "t".into(),
+        activity_type: "Sale".into(),
+        value: None,
+        occurred_at: Timestamp(millis),
+    });
+    prop_oneof![
+        (id(), entry).prop_map(|(activity_id, entry)| StateChange::PutLedger {
+            company_id: "acme".into(),
+            activity_id,
+            entry
+        }),
+        id().prop_map(|activity_id| StateChange::RemoveLedger { company_id: "acme".into(), activity_id }),
+    ]
+}
+
+/// A user's activities as the ledger holds them, latest first, then by activity id.
+fn expected_activities(ledger: &BTreeMap<String, LedgerEntry>, user: &str) -> Vec<(String, LedgerEntry)> {
+    let mut expected: Vec<(String, LedgerEntry)> =
+        ledger.iter().filter(|(_, entry)| entry.user_id == user).map(|(id, e)| (id.clone(), e.clone())).collect();
+    expected.sort_by(|(a_id, a), (b_id, b)| b.occurred_at.cmp(&a.occurred_at).then_with(|| a_id.cmp(b_id)));
+    expected
+}
+
+proptest! {
+    /// The by-user index follows the ledger through revisions that move an activity to another
+    /// user or date, retractions, several batches, and a restore from the changelog, which
+    /// carries no index records.
+    #[test]
+    fn a_users_activities_follow_the_ledger_through_writes_and_restores(
+        batches in prop::collection::vec(prop::collection::vec(ledger_write(), 1..6), 1..5),
+    ) {
+        let source_dir = TempDir::new().expect("temp dir");
+        let mut source = open(&source_dir);
+        let target_dir = TempDir::new().expect("temp dir");
+        let target = open(&target_dir);
+        let mut ledger = BTreeMap::new();
+        for batch in &batches {
+            source.stage(batch).expect("stages");
+            let records = source.changelog_records(&[]).expect("lists");
+            prop_assert!(records.iter().all(|r| !r.key.starts_with(b"user_activities")), "the index stays local");
+            source.commit(&[], None).expect("commits");
+            target.restore_all(records.iter().map(|r| (&r.key[..], r.value.as_deref()))).expect("restores");
+            for change in batch {
+                match change.clone() {
+                    StateChange::PutLedger { activity_id, entry, .. } => ledger.insert(activity_id, entry),
+                    StateChange::RemoveLedger { activity_id, .. } => ledger.remove(&activity_id),
+                    other => unreachable!("not generated: {other:?}"),
+                };
+            }
+        }
+        for user in IDS {
+            let expected = expected_activities(&ledger, user);
+            for store in [&source, &target] {
+                let view = store.committed_view();
+                prop_assert_eq!(&view.snapshot().activities_of("acme", user, usize::MAX).expect("reads"), &expected);
+                let latest = view.snapshot().activities_of("acme", user, 1).expect("reads");
+                prop_assert_eq!(&latest[..], &expected[..expected.len().min(1)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_store_from_before_the_by_user_index_is_indexed_when_opened() {
+    let dir = TempDir::new().expect("temp dir");
+    let entry = |user: &str, millis| LedgerEntry {
+        user_id: user.into(),
+        crm_user_id: "crm".into(),
+        team_id: "t".into(),
+        activity_type: "Sale".into(),
+        value: None,
+        occurred_at: Timestamp(millis),
+    };
+    let mut store = open(&dir);
+    let put = |activity: &str, user: &str, millis| StateChange::PutLedger {
+        company_id: "acme".into(),
+        activity_id: activity.into(),
+        entry: entry(user, millis),
+    };
+    store.stage(&[put("a1", "u1", 10), put("a2", "u1", 20), put("a3", "u2", 5)]).expect("stages");
+    store.commit(&[], None).expect("commits");
+    drop(store);
+    // Take the index away, as a store written before it has none.
+    let path = dir.path().join("0");
+    let names = DB::list_cf(&Options::default(), &path).expect("lists families");
+    let mut db = DB::open_cf(&Options::default(), &path, &names).expect("opens");
+    db.drop_cf(Family::UserActivities.name()).expect("drops the index");
+    drop(db);
+
+    let store = open(&dir);
+    let view = store.committed_view();
+    let ids: Vec<String> =
+        view.snapshot().activities_of("acme", "u1", 10).expect("reads").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["a2", "a1"]);
+}
+
+#[test]
+fn a_query_reads_one_committed_batch_and_never_the_stage() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut store = open(&dir);
+    let account = StateChange::PutAccount {
+        company_id: "acme".into(),
+        integration_id: "sf".into(),
+        crm_user_id: "crm1".into(),
+        account: Account { user_id: "u1".into() },
+    };
+    store.stage(&[account]).expect("stages");
+    store.commit(&[], None).expect("commits");
+    let view = store.committed_view();
+    let before = view.snapshot();
+    store.stage(&[put_team("acme", "u1", "t1")]).expect("stages");
+    let team = |snapshot: &CommittedSnapshot<'_>| {
+        snapshot.provisioned_user("acme", "sf", "crm1").expect("reads").and_then(|user| user.team_id)
+    };
+    assert_eq!(team(&view.snapshot()), None, "staged writes are not answered");
+    store.commit(&[], None).expect("commits");
+    assert_eq!(team(&view.snapshot()), Some("t1".to_owned()));
+    assert_eq!(team(&before), None, "a snapshot keeps the batch it was taken at");
+}
+
+#[test]
+fn a_decision_whose_changelog_record_would_be_too_large_is_staged_not_at_all() {
+    let dir = TempDir::new().expect("temp dir");
+    let options = StoreOptions { max_changelog_record_bytes: 1_000, ..StoreOptions::default() };
+    let mut store = open_with(&dir, options);
+    let large = StateChange::PutIntegration {
+        company_id: "acme".into(),
+        integration_id: "sf".into(),
+        integration: Integration { crm: "x".repeat(1_000), ..Integration::default() },
+    };
+    let error = store.stage(&[put_team("acme", "u1", "t1"), large]).expect_err("too large");
+    assert!(
+        matches!(&error, StoreError::TooLarge { family: "integrations", limit: 1_000, bytes, .. } if *bytes > 1_000),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max.message.bytes"), "the message names the limits: {error}");
+    let long_id = "e".repeat(1_000);
+    assert!(matches!(store.stage(&[remember("acme", &long_id)]), Err(StoreError::TooLarge { family: "seen", .. })));
+    assert_eq!(store.team_of("acme", "u1").expect("reads"), None, "nothing of the refused decisions is staged");
+    assert!(store.changelog_records(&[]).expect("lists").is_empty());
+    store.stage(&[put_team("acme", "u1", "t1")]).expect("a small write still stages");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// `check_changelog_record_sizes` (what `crmflow simulate` applies) refuses exactly the
+    /// decisions the store refuses to stage.
+    #[test]
+    fn the_size_rule_without_a_store_is_the_stores(
+        changes in prop::collection::vec(prop_oneof![
+            (0usize..120).prop_map(|n| put_integration("acme", "sf", &"x".repeat(n))),
+            (0usize..120).prop_map(|n| put_team("acme", "u1", &"t".repeat(n))),
+            (0usize..120).prop_map(|n| remember("acme", &"e".repeat(n))),
+            (0usize..120).prop_map(|n| StateChange::RemoveTeam { company_id: "acme".into(), user_id: "u".repeat(n) }),
+        ], 1..4),
+    ) {
+        let dir = TempDir::new().expect("temp dir");
+        let limit = 100;
+        let mut store = open_with(&dir, StoreOptions { max_changelog_record_bytes: limit, ..StoreOptions::default() });
+        let staged = store.stage(&changes);
+        let checked = check_changelog_record_sizes(&changes, limit);
+        prop_assert_eq!(staged.is_err(), checked.is_err(), "{:?} / {:?}", staged, checked);
+    }
 }
