@@ -453,6 +453,62 @@ fn batches_stay_within_what_the_smallest_topic_takes() {
     assert!(dead.is_empty(), "{} dead letters, e.g. {:?}", dead.len(), dead.first().map(|d| &d.headers));
 }
 
+/// A CRM change of `company`'s Opportunity: won (it matches the workflow) or in negotiation.
+fn opportunity(company: &str, event_id: &str, won: bool, timestamp: i64) -> Vec<u8> {
+    let stage = if won { "Closed Won" } else { "Negotiation" };
+    serde_json::to_vec(&serde_json::json!({"topic": "crm.changes", "key": company, "timestamp": timestamp,
+        "value": {"type": "CrmRecordChanged", "event_id": event_id, "company_id": company, "integration_id": "sf",
+            "object_type": "Opportunity", "object_id": format!("opp-{event_id}"), "operation": "created",
+            "occurred_at": "2024-05-01T10:00:09Z", "fields": {"OwnerId": "005A", "StageName": stage,
+            "Amount": 10, "CloseDate": "2024-05-01"}}}))
+    .unwrap()
+}
+
+/// Issue 18, item 6. Resends are recognised among each company's last 10,000 CRM changes, in
+/// `run` as in `simulate`, whatever shares the partition: a quiet company's resend is dropped
+/// after 10,500 changes of a busy one, and the busy one's first change, sent again after them,
+/// is decided again. Failed before: `run` remembered 100,000 ids per partition and dropped the
+/// busy company's resend (and `simulate`, one memory for all companies, could differ from it).
+#[test]
+fn resends_are_recognised_among_each_companys_last_ids() {
+    let broker = kafka();
+    let name = "seen-per-company";
+    let topics = Topics::create(broker, name, 2);
+    let (input, _) = scenario("seed-walkthrough");
+    let as_company = |line: &Vec<u8>, company: &str| {
+        String::from_utf8(line.clone()).unwrap().replace("\"acme\"", &format!("\"{company}\"")).into_bytes()
+    };
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for company in ["quiet", "busy"] {
+        lines.extend(input[..2].iter().map(|line| as_company(line, company)));
+    }
+    let mut timestamp = 1_714_557_610_000i64;
+    let mut next = || {
+        timestamp += 1;
+        timestamp
+    };
+    lines.push(opportunity("quiet", "q-1", true, next()));
+    lines.push(opportunity("busy", "b-first", true, next()));
+    lines.extend((0..10_500).map(|n| opportunity("busy", &format!("b-{n}"), false, next())));
+    lines.push(opportunity("quiet", "q-1", true, next()));
+    lines.push(opportunity("busy", "b-first", true, next()));
+    let expected = simulate(&lines);
+    // The user is on no team: each decision of a won opportunity is one ActivityIgnored.
+    let decided = |outputs: &[serde_json::Value], event: &str| {
+        outputs
+            .iter()
+            .filter(|v| v["type"] == "ActivityIgnored" && v["source_event_id"].as_str() == Some(event))
+            .count()
+    };
+    let simulated: Vec<serde_json::Value> = expected.iter().map(|e| e.value.clone()).collect();
+    assert_eq!(decided(&simulated, "q-1"), 1, "simulate drops the quiet company's resend");
+    assert_eq!(decided(&simulated, "b-first"), 2, "simulate decides the busy company's old one again");
+    produce_lines(broker, &topics, &lines);
+
+    let dead = run_to_the_end(broker, &topics, name, &expected);
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
 /// A CRM change whose user's name is 1.1 MB (its topic allows 4 MB): its UserProvisioned is
 /// larger than the producer may send. Its record is set aside as a dead letter (itself too large,
 /// so without its value), and every other record is decided as simulate decides it. Failed

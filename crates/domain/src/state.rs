@@ -133,8 +133,9 @@ pub enum StateChange {
     },
 }
 
-/// How many processed event ids [`MemoryState`] remembers by default.
-pub const DEFAULT_SEEN_CAPACITY: usize = 100_000;
+/// How many processed event ids of each company are remembered by default: a resend of one of a
+/// company's last 10,000 CRM changes is dropped, an older one is decided again.
+pub const DEFAULT_SEEN_CAPACITY: usize = 10_000;
 
 /// All projections in memory: used by `crmflow simulate` and the tests.
 #[derive(Debug, Clone)]
@@ -144,8 +145,9 @@ pub struct MemoryState {
     teams: HashMap<(String, String), String>,
     ledger: HashMap<(String, String), LedgerEntry>,
     seen: HashSet<(String, String)>,
-    // Oldest first, so the memory for seen ids stays bounded.
-    seen_order: VecDeque<(String, String)>,
+    // Each company's seen ids, oldest first: each company's memory is bounded on its own, so
+    // one company's traffic never makes another's resends count as new.
+    seen_order: HashMap<String, VecDeque<String>>,
     seen_capacity: usize,
 }
 
@@ -156,7 +158,7 @@ impl Default for MemoryState {
 }
 
 impl MemoryState {
-    /// An empty state that remembers at most `capacity` processed event ids.
+    /// An empty state that remembers at most `capacity` processed event ids of each company.
     pub fn with_seen_capacity(capacity: usize) -> Self {
         MemoryState {
             integrations: HashMap::new(),
@@ -164,7 +166,7 @@ impl MemoryState {
             teams: HashMap::new(),
             ledger: HashMap::new(),
             seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            seen_order: HashMap::new(),
             seen_capacity: capacity.max(1),
         }
     }
@@ -192,12 +194,12 @@ impl MemoryState {
                     self.ledger.remove(&(company_id, activity_id));
                 }
                 StateChange::RememberEvent { company_id, event_id } => {
-                    let key = (company_id, event_id);
-                    if self.seen.insert(key.clone()) {
-                        self.seen_order.push_back(key);
-                        while self.seen_order.len() > self.seen_capacity {
-                            if let Some(old) = self.seen_order.pop_front() {
-                                self.seen.remove(&old);
+                    if self.seen.insert((company_id.clone(), event_id.clone())) {
+                        let order = self.seen_order.entry(company_id.clone()).or_default();
+                        order.push_back(event_id);
+                        while order.len() > self.seen_capacity {
+                            if let Some(old) = order.pop_front() {
+                                self.seen.remove(&(company_id.clone(), old));
                             }
                         }
                     }
@@ -260,5 +262,16 @@ mod tests {
         assert!(state.has_seen("c1", "b").unwrap());
         assert!(state.has_seen("c1", "c").unwrap());
         assert!(!state.has_seen("c2", "c").unwrap(), "companies never share state");
+    }
+
+    #[test]
+    fn each_company_remembers_its_own_last_ids() {
+        let mut state = MemoryState::with_seen_capacity(2);
+        let remember =
+            |company: &str, id: &str| StateChange::RememberEvent { company_id: company.into(), event_id: id.into() };
+        state.apply([remember("quiet", "q1"), remember("busy", "b1"), remember("busy", "b2"), remember("busy", "b3")]);
+        assert!(state.has_seen("quiet", "q1").unwrap(), "another company's traffic forgets nothing of it");
+        assert!(!state.has_seen("busy", "b1").unwrap());
+        assert!(state.has_seen("busy", "b3").unwrap());
     }
 }

@@ -55,6 +55,7 @@ pub fn describe(config: &Config, topic: &str, timeout: Duration) -> Result<Chang
 }
 
 /// The smallest `max.message.bytes` of `topics`: the largest batch the producer may send to all.
+/// A topic that does not exist yet counts with Kafka's default, which it is created with.
 pub fn smallest_max_message_bytes(config: &Config, topics: &[&str], timeout: Duration) -> Result<i64, RunError> {
     let admin = admin_client(config)?;
     if is_mock(&admin, timeout) {
@@ -98,8 +99,13 @@ fn topic_configs(
         .map_err(|e| RunError::kafka(format!("describing the configuration of {topics:?}"), e))?;
     let mut configs = BTreeMap::new();
     for (topic, result) in topics.iter().zip(results) {
-        let resource = result
-            .map_err(|code| RunError::Topics(format!("describing the configuration of `{topic}` failed: {code}")))?;
+        let resource = match result {
+            Ok(resource) => resource,
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition) => continue,
+            Err(code) => {
+                return Err(RunError::Topics(format!("describing the configuration of `{topic}` failed: {code}")))
+            }
+        };
         let entries = resource.entries.into_iter().filter_map(|entry| Some((entry.name, entry.value?))).collect();
         configs.insert((*topic).to_owned(), entries);
     }

@@ -60,7 +60,7 @@ pub struct Config {
     /// deleted, in milliseconds (Kafka Streams' `state.cleanup.delay.ms`): a partition that
     /// comes back soon restores only its changelog's tail.
     pub state_cleanup_delay_ms: u64,
-    /// How many processed CRM event ids each partition remembers, to drop resends.
+    /// How many processed CRM event ids of each company are remembered, to drop resends.
     pub seen_capacity: usize,
     /// How many CRM records' last decision traces each partition keeps for the explain query
     /// (the oldest are forgotten first); 0 keeps none and skips tracing.

@@ -59,7 +59,6 @@ pub fn run(
     let metadata = setup::wait_for_brokers(&changelog_client, &config)?;
     let partitions = setup::input_partitions(&metadata, &config)?;
     setup::ensure_output_topics(&metadata, &config, partitions)?;
-    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
     let mut config = config;
     let mut written: Vec<String> = config.topics.outputs().iter().map(|t| (*t).to_owned()).collect();
     written.push(config.changelog_topic());
@@ -84,6 +83,7 @@ pub fn run(
             )
         })?;
     }
+    setup::ensure_changelog(&changelog_client, &config, partitions, true)?;
     let topic = config.changelog_topic();
     let described = describe_changelog(&config, &topic)?;
     let changelog = Changelog { topic, client: changelog_client, partitions, described };

@@ -161,15 +161,41 @@ pub(crate) fn user_activity_key(company_id: &str, user_id: &str, occurred_at: i6
     key(&[company_id, user_id, &format!("{inverted:016x}"), activity_id])
 }
 
-/// Key of a `seen_order` entry: big-endian, so RocksDB orders entries oldest first.
+/// The value of a `seen` entry: its sequence number, big-endian.
 pub(crate) fn sequence_key(sequence: u64) -> [u8; 8] {
     sequence.to_be_bytes()
 }
 
-/// `meta` key of the sequence number the next remembered event id gets.
+/// Start of the `meta` key of a company's next seen-id sequence number ([`seen_counter_key`]).
 pub(crate) const SEEN_NEXT: &[u8] = b"seen_next";
-/// `meta` key of the sequence number of the oldest event id still remembered.
+/// Start of the `meta` key of the sequence number of a company's oldest event id still remembered.
 pub(crate) const SEEN_OLDEST: &[u8] = b"seen_oldest";
+
+/// The `meta` key of a company's seen-id counter (`SEEN_NEXT` or `SEEN_OLDEST`): the counter's
+/// name, a separator, the company. (Stores from before seen ids were per company hold the
+/// counters under the bare names; those are no longer read.)
+pub(crate) fn seen_counter_key(counter: &[u8], company_id: &str) -> Vec<u8> {
+    let mut key = counter.to_vec();
+    key.push(SEPARATOR);
+    key.extend(self::key(&[company_id]));
+    key
+}
+
+/// Whether a `meta` key holds a seen-id counter.
+pub(crate) fn is_seen_counter(key: &[u8]) -> bool {
+    [SEEN_NEXT, SEEN_OLDEST]
+        .iter()
+        .any(|counter| key == *counter || (key.starts_with(counter) && key.get(counter.len()) == Some(&SEPARATOR)))
+}
+
+/// Key of a `seen_order` entry: the company, a separator, then its big-endian sequence number, so
+/// RocksDB orders a company's entries oldest first.
+pub(crate) fn seen_order_key(company_id: &str, sequence: u64) -> Vec<u8> {
+    let mut key = self::key(&[company_id]);
+    key.push(SEPARATOR);
+    key.extend(sequence.to_be_bytes());
+    key
+}
 /// `meta` key of the next changelog offset the store reflects. Local bookkeeping: it is never
 /// itself written to the changelog.
 pub(crate) const CHANGELOG_NEXT: &[u8] = b"changelog_next";
@@ -246,6 +272,15 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, keys);
         assert_eq!(parts(&keys[1]).map(|p| p[3].clone()), Some("a".to_owned()), "the activity is the last id");
+    }
+
+    #[test]
+    fn seen_counters_are_recognised_per_company_and_in_the_old_place() {
+        assert!(is_seen_counter(&seen_counter_key(SEEN_NEXT, "acme")));
+        assert!(is_seen_counter(&seen_counter_key(SEEN_OLDEST, "")));
+        assert!(is_seen_counter(SEEN_NEXT));
+        assert!(!is_seen_counter(b"seen_nextx"));
+        assert_ne!(seen_order_key("a", 0x00FF), seen_order_key("a\0", 0xFF), "orders do not collide");
     }
 
     #[test]

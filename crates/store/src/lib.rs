@@ -16,8 +16,8 @@
 //! | `teams`        | company, user                         | team id (JSON string)          |
 //! | `ledger`       | company, activity                     | [`crmflow_domain::LedgerEntry`] |
 //! | `seen`         | company, event id                     | its sequence number (`u64`)    |
-//! | `seen_order`   | sequence number, big-endian `u64`     | the `seen` key (local, rebuilt on restore) |
-//! | `meta`         | `seen_next`, `seen_oldest`            | sequence counters (JSON `u64`) |
+//! | `seen_order`   | company, sequence number (big-endian `u64`) | the `seen` key (local, rebuilt on restore) |
+//! | `meta`         | `seen_next\0<company>`, `seen_oldest\0<company>` | the company's sequence counters (JSON `u64`) |
 //! | `meta`         | `position\0<topic>\0<partition>`      | [`InputPosition`] (JSON)       |
 //! | `explanations` | company, integration, object type, id | sequence (`u64`) + trace (JSON) |
 //! | `user_activities` | company, user, inverted date, activity | empty (local, derived from `ledger`) |
@@ -36,10 +36,12 @@
 //! debug with `ldb`. Both are defined in one private module (`encoding`), so the
 //! format can change in one place.
 //!
-//! Processed event ids are remembered in a bounded FIFO exactly like
-//! [`crmflow_domain::MemoryState`]: each newly remembered id gets the next sequence
-//! number, and when more than [`StoreOptions::seen_capacity`] are remembered the
-//! oldest are forgotten (deleted from `seen` and `seen_order`).
+//! Processed event ids are remembered in a bounded FIFO per company, exactly like
+//! [`crmflow_domain::MemoryState`]: each newly remembered id gets its company's next sequence
+//! number, and when more than [`StoreOptions::seen_capacity`] of a company are remembered its
+//! oldest are forgotten (deleted from `seen` and `seen_order`). Per company, not per store: which
+//! resends are recognised then depends neither on the partition count nor on what other
+//! companies share the partition, so `crmflow simulate` decides them alike.
 //!
 //! # The stage/commit cycle
 //!

@@ -51,7 +51,8 @@ pub const CHANGELOG_RECORD_FRAMING: usize = 512;
 /// How a [`StateStore`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// How many processed event ids to remember (at least 1, like [`crmflow_domain::MemoryState`]).
+    /// How many processed event ids of each company to remember (at least 1, like
+    /// [`crmflow_domain::MemoryState`]).
     pub seen_capacity: usize,
     /// How many integrations to keep decoded in memory (0 disables the cache).
     pub cache_capacity: usize,
@@ -469,7 +470,7 @@ impl StateStore {
         match value {
             // Empty: remembered before the lean format, its order came through the changelog.
             Some(sequence) if sequence.len() == 8 => {
-                batch.put_cf(order, &sequence, &key);
+                batch.put_cf(order, self.seen_order_key_of(&key, &sequence)?, &key);
                 sequences.insert(key, sequence);
             }
             Some(_) => {}
@@ -483,11 +484,23 @@ impl StateStore {
                         .map_err(|source| self.view.read_error(Family::Seen, &key, source))?,
                 };
                 if let Some(sequence) = sequence.filter(|s| s.len() == 8) {
-                    batch.delete_cf(order, sequence);
+                    batch.delete_cf(order, self.seen_order_key_of(&key, &sequence)?);
                 }
             }
         }
         Ok(())
+    }
+
+    /// The `seen_order` key of the seen id stored under `seen_key` with this 8-byte sequence.
+    fn seen_order_key_of(&self, seen_key: &[u8], sequence: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let company_id = self.view.key_part(Family::Seen, seen_key, 0)?;
+        let sequence = sequence.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Inconsistent {
+            path: self.view.path.clone(),
+            family: Family::Seen.name(),
+            key: display_key(seen_key),
+            problem: "its sequence number is not 8 bytes".into(),
+        })?;
+        Ok(encoding::seen_order_key(&company_id, sequence))
     }
 
     /// Keeps `user_activities` in step with restored `ledger` records: each replaces the index
@@ -587,7 +600,7 @@ impl StateStore {
                 Ok(())
             }
             StateChange::RememberEvent { company_id, event_id } => {
-                self.remember(encoding::key(&[company_id, event_id]), undo)
+                self.remember(company_id, encoding::key(&[company_id, event_id]), undo)
             }
         }
     }
@@ -608,21 +621,24 @@ impl StateStore {
         Ok(())
     }
 
-    /// Remembers an event id the way `MemoryState` does: ids already remembered keep
-    /// their place; beyond capacity, the oldest are forgotten first.
-    fn remember(&mut self, seen_key: Vec<u8>, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
+    /// Remembers an event id of a company the way `MemoryState` does: ids already remembered
+    /// keep their place; beyond the capacity (per company), the company's oldest are forgotten
+    /// first.
+    fn remember(&mut self, company_id: &str, seen_key: Vec<u8>, undo: &mut Vec<Undo>) -> Result<(), StoreError> {
         if self.contains(Family::Seen, &seen_key)? {
             return Ok(());
         }
-        // Sequences are handed out contiguously and evicted from the front, so the
+        // Sequences are handed out contiguously per company and evicted from the front, so the
         // two counters say how many are remembered without scanning `seen_order`.
-        let next = self.counter(encoding::SEEN_NEXT)?;
-        let mut oldest = self.counter(encoding::SEEN_OLDEST)?;
+        let next_key = encoding::seen_counter_key(encoding::SEEN_NEXT, company_id);
+        let oldest_key = encoding::seen_counter_key(encoding::SEEN_OLDEST, company_id);
+        let next = self.counter(&next_key)?;
+        let mut oldest = self.counter(&oldest_key)?;
         self.put_staged(Family::Seen, seen_key.clone(), Some(encoding::sequence_key(next).to_vec()), undo);
-        self.put_staged(Family::SeenOrder, encoding::sequence_key(next).to_vec(), Some(seen_key), undo);
+        self.put_staged(Family::SeenOrder, encoding::seen_order_key(company_id, next), Some(seen_key), undo);
         let next = next + 1;
         while next.saturating_sub(oldest) > self.seen_capacity {
-            let order_key = encoding::sequence_key(oldest).to_vec();
+            let order_key = encoding::seen_order_key(company_id, oldest);
             let Some(evicted) = self.get_raw(Family::SeenOrder, &order_key)? else {
                 return Err(StoreError::Inconsistent {
                     path: self.view.path.clone(),
@@ -637,8 +653,8 @@ impl StateStore {
             self.put_staged(Family::SeenOrder, order_key, None, undo);
             oldest += 1;
         }
-        self.stage_value(Family::Meta, encoding::SEEN_NEXT.to_vec(), &next, undo)?;
-        self.stage_value(Family::Meta, encoding::SEEN_OLDEST.to_vec(), &oldest, undo)
+        self.stage_value(Family::Meta, next_key, &next, undo)?;
+        self.stage_value(Family::Meta, oldest_key, &oldest, undo)
     }
 
     /// A seen-id counter from `meta`; 0 in a fresh store.
@@ -699,9 +715,7 @@ impl StateStore {
             Family::Accounts => self.view.decode::<Account>(family, key, value).map(drop),
             Family::Teams => self.view.decode::<String>(family, key, value).map(drop),
             Family::Ledger => self.view.decode::<LedgerEntry>(family, key, value).map(drop),
-            Family::Meta if key == encoding::SEEN_NEXT || key == encoding::SEEN_OLDEST => {
-                self.view.decode::<u64>(family, key, value).map(drop)
-            }
+            Family::Meta if encoding::is_seen_counter(key) => self.view.decode::<u64>(family, key, value).map(drop),
             Family::Meta if key.starts_with(encoding::POSITION_PREFIX) => {
                 self.view.decode::<InputPosition>(family, key, value).map(drop)
             }

@@ -129,7 +129,7 @@ fn discard_staged_keeps_only_committed_writes() {
     store.stage(&[remember("acme", "e3")]).expect("stages");
     store.commit(&[], None).expect("commits");
     assert!(store.has_seen("acme", "e3").expect("reads"));
-    assert_eq!(store.counter(encoding::SEEN_NEXT).expect("reads"), 2);
+    assert_eq!(store.counter(&encoding::seen_counter_key(encoding::SEEN_NEXT, "acme")).expect("reads"), 2);
 }
 
 #[test]
@@ -162,6 +162,36 @@ fn seen_ids_are_bounded_oldest_first_across_commits_and_reopen() {
     store.stage(&[remember("c1", "e")]).expect("stages");
     let seen: Vec<bool> = ["c", "d", "e"].iter().map(|id| store.has_seen("c1", id).expect("reads")).collect();
     assert_eq!(seen, [false, false, true]);
+}
+
+#[test]
+fn each_company_remembers_its_own_last_ids_through_a_restore() {
+    let options = StoreOptions { seen_capacity: 2, ..StoreOptions::default() };
+    let source_dir = TempDir::new().expect("temp dir");
+    let mut source = open_with(&source_dir, options.clone());
+    let target_dir = TempDir::new().expect("temp dir");
+    let mut target = open_with(&target_dir, options);
+    let batches = [
+        vec![remember("quiet", "q1"), remember("busy", "b1")],
+        vec![remember("busy", "b2"), remember("busy", "b3")],
+        vec![remember("busy", "b4"), remember("quiet", "q2")],
+    ];
+    for batch in &batches {
+        source.stage(batch).expect("stages");
+        let records = source.changelog_records(&[]).expect("lists");
+        source.commit(&[], None).expect("commits");
+        target.restore_all(records.iter().map(|r| (&r.key[..], r.value.as_deref()))).expect("restores");
+    }
+    // Both go on alike: the restored order forgets each company's oldest.
+    for store in [&mut source, &mut target] {
+        store.stage(&[remember("quiet", "q3"), remember("busy", "b5")]).expect("stages");
+        store.commit(&[], None).expect("commits");
+        let remembered = |company: &str, ids: &[&str]| -> Vec<bool> {
+            ids.iter().map(|id| store.has_seen(company, id).expect("reads")).collect()
+        };
+        assert_eq!(remembered("quiet", &["q1", "q2", "q3"]), [false, true, true]);
+        assert_eq!(remembered("busy", &["b1", "b2", "b3", "b4", "b5"]), [false, false, false, true, true]);
+    }
 }
 
 #[test]
@@ -219,7 +249,7 @@ fn restoring_the_changelog_rebuilds_state_and_positions() {
     assert_eq!(target.team_of("acme", "u1").expect("reads"), None);
     assert!(target.has_seen("acme", "e1").expect("reads"));
     assert!(target.has_seen("acme", "e2").expect("reads"));
-    assert_eq!(target.counter(encoding::SEEN_NEXT).expect("reads"), 2);
+    assert_eq!(target.counter(&encoding::seen_counter_key(encoding::SEEN_NEXT, "acme")).expect("reads"), 2);
     assert_eq!(target.positions().expect("reads"), vec![position("crm.changes", 0, 2)]);
     assert_eq!(target.changelog_position().expect("reads"), Some(at(next)));
     assert_eq!(source.changelog_position().expect("reads"), Some(at(next)));
@@ -303,7 +333,7 @@ fn corrupted_values_on_disk_are_errors() {
     assert!(message.contains(&dir.path().join("0").display().to_string()), "{message}");
 
     let cf = store.view.cf(Family::Meta).expect("family");
-    store.view.db.put_cf(cf, encoding::SEEN_NEXT, b"-1").expect("raw write");
+    store.view.db.put_cf(cf, encoding::seen_counter_key(encoding::SEEN_NEXT, "acme"), b"-1").expect("raw write");
     let mut store = store;
     assert!(matches!(store.stage(&[remember("acme", "e1")]), Err(StoreError::Decode { family: "meta", .. })));
 }
@@ -314,7 +344,8 @@ fn failed_stage_takes_back_its_earlier_changes() {
     let mut store = open(&dir);
     store.stage(&[put_team("acme", "u0", "la")]).expect("stages");
     let cf = store.view.cf(Family::Meta).expect("family");
-    store.view.db.put_cf(cf, encoding::SEEN_NEXT, b"garbage").expect("raw write");
+    let counter = encoding::seen_counter_key(encoding::SEEN_NEXT, "acme");
+    store.view.db.put_cf(cf, counter, b"garbage").expect("raw write");
     let result = store.stage(&[put_team("acme", "u0", "ny"), put_team("acme", "u1", "ny"), remember("acme", "e1")]);
     assert!(result.is_err());
     assert_eq!(store.team_of("acme", "u0").expect("reads").as_deref(), Some("la"), "earlier stage kept");
