@@ -438,13 +438,8 @@ fn batches_stay_within_what_the_smallest_topic_takes() {
     let (input, _) = scenario("seed-walkthrough");
     let mut lines = input[..3].to_vec();
     lines.extend((0..2_000).map(|n| {
-        serde_json::to_vec(&serde_json::json!({"topic": "crm.changes", "key": "acme",
-            "timestamp": 1_714_557_610_000i64 + n, "value": {"type": "CrmRecordChanged",
-            "event_id": format!("e-{n}"), "company_id": "acme", "integration_id": "sf",
-            "object_type": "Opportunity", "object_id": format!("006-{n}"), "operation": "created",
-            "occurred_at": "2024-05-01T10:00:09Z", "fields": {"OwnerId": format!("005-{}", n % 50),
-            "StageName": "Closed Won", "Amount": 10, "CloseDate": "2024-05-01"}}}))
-        .unwrap()
+        let owner = format!("005-{}", n % 50);
+        opportunity_line("acme", &format!("e-{n}"), &owner, "Closed Won", "2024-05-01", 1_714_557_610_000 + n)
     }));
     let expected = simulate(&lines);
     produce_lines(broker, &topics, &lines);
@@ -453,15 +448,10 @@ fn batches_stay_within_what_the_smallest_topic_takes() {
     assert!(dead.is_empty(), "{} dead letters, e.g. {:?}", dead.len(), dead.first().map(|d| &d.headers));
 }
 
-/// A CRM change of `company`'s Opportunity: won (it matches the workflow) or in negotiation.
+/// A CRM change of `company`'s Opportunity of 005A: won (it matches the workflow) or in negotiation.
 fn opportunity(company: &str, event_id: &str, won: bool, timestamp: i64) -> Vec<u8> {
     let stage = if won { "Closed Won" } else { "Negotiation" };
-    serde_json::to_vec(&serde_json::json!({"topic": "crm.changes", "key": company, "timestamp": timestamp,
-        "value": {"type": "CrmRecordChanged", "event_id": event_id, "company_id": company, "integration_id": "sf",
-            "object_type": "Opportunity", "object_id": format!("opp-{event_id}"), "operation": "created",
-            "occurred_at": "2024-05-01T10:00:09Z", "fields": {"OwnerId": "005A", "StageName": stage,
-            "Amount": 10, "CloseDate": "2024-05-01"}}}))
-    .unwrap()
+    opportunity_line(company, event_id, "005A", stage, "2024-05-01", timestamp)
 }
 
 /// Issue 18, item 6. Resends are recognised among each company's last 10,000 CRM changes, in

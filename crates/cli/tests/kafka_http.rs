@@ -313,13 +313,7 @@ fn either_instance_answers_for_every_company() {
 /// A won opportunity `n` of 005A, closed on one of 672 days: one ledger entry each.
 fn won_opportunity(n: usize) -> Vec<u8> {
     let day = format!("{}-{:02}-{:02}", 2023 + (n / 336) % 2, (n / 28) % 12 + 1, n % 28 + 1);
-    json!({"topic": "crm.changes", "key": "acme", "timestamp": 1_714_557_610_000i64 + n as i64, "value": {
-        "type": "CrmRecordChanged", "event_id": format!("won-{n}"), "company_id": "acme", "integration_id": "sf",
-        "object_type": "Opportunity", "object_id": format!("opp-{n}"), "operation": "created",
-        "occurred_at": "2024-05-01T10:00:09Z",
-        "fields": {"OwnerId": "005A", "StageName": "Closed Won", "Amount": 10, "CloseDate": day}}})
-    .to_string()
-    .into_bytes()
+    opportunity_line("acme", &format!("won-{n}"), "005A", "Closed Won", &day, 1_714_557_610_000 + n as i64)
 }
 
 /// Issue 18, item 5. One company with 200,000 accepted activities, all of one user; 32 clients

@@ -460,6 +460,24 @@ pub fn produce_lines(broker: &Broker, topics: &Topics, lines: &[Vec<u8>]) {
     produce_paced(&broker.address, topics, lines, Encoding::Json, Duration::ZERO, &AtomicUsize::new(0));
 }
 
+/// The record line of an Opportunity `opp-<event_id>` of `company` (integration `sf`) created in
+/// the CRM: owned by `owner`, at `stage`, closing on `close_date`, worth 10.
+pub fn opportunity_line(
+    company: &str,
+    event_id: &str,
+    owner: &str,
+    stage: &str,
+    close_date: &str,
+    timestamp: i64,
+) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"topic": "crm.changes", "key": company, "timestamp": timestamp,
+        "value": {"type": "CrmRecordChanged", "event_id": event_id, "company_id": company, "integration_id": "sf",
+            "object_type": "Opportunity", "object_id": format!("opp-{event_id}"), "operation": "created",
+            "occurred_at": "2024-05-01T10:00:09Z", "fields": {"OwnerId": owner, "StageName": stage,
+            "Amount": 10, "CloseDate": close_date}}}))
+    .unwrap()
+}
+
 /// Produces lines spread evenly over `over`, counting what was sent in `sent` (live traffic).
 pub fn produce_paced(
     address: &str,

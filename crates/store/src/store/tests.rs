@@ -30,6 +30,18 @@ fn put_integration(company: &str, integration: &str, crm: &str) -> StateChange {
     }
 }
 
+/// An accepted activity of `user` on a date (`millis` since the epoch).
+fn ledger_entry(user_id: String, millis: i64) -> LedgerEntry {
+    LedgerEntry {
+        user_id,
+        crm_user_id: "crm".into(),
+        team_id: "t".into(),
+        activity_type: "Sale".into(),
+        value: None,
+        occurred_at: Timestamp(millis),
+    }
+}
+
 fn position(topic: &str, partition: i32, next_offset: i64) -> InputPosition {
     InputPosition { topic: topic.into(), partition, next_offset }
 }
@@ -642,14 +654,7 @@ const TENANTS: [&str; 4] = ["c", "c\0", "c\0x", "cx"];
 
 fn tenant_change() -> impl Strategy<Value = StateChange> {
     let tenant = || prop::sample::select(&TENANTS[..]).prop_map(str::to_owned);
-    let entry = (id(), 0i64..1_000).prop_map(|(user_id, millis)| LedgerEntry {
-        user_id,
-        crm_user_id: "crm".into(),
-        team_id: "t".into(),
-        activity_type: "Sale".into(),
-        value: None,
-        occurred_at: Timestamp(millis),
-    });
+    let entry = (id(), 0i64..1_000).prop_map(|(user_id, millis)| ledger_entry(user_id, millis));
     prop_oneof![
         (tenant(), id(), id(), id()).prop_map(|(company_id, integration_id, crm_user_id, user_id)| {
             StateChange::PutAccount { company_id, integration_id, crm_user_id, account: Account { user_id } }
@@ -891,14 +896,7 @@ fn a_store_with_the_obsolete_trace_order_family_opens_without_it() {
 
 /// A ledger write: an activity accepted for a user at a date, or retracted.
 fn ledger_write() -> impl Strategy<Value = StateChange> {
-    let entry = (id(), 0i64..3).prop_map(|(user_id, millis)| LedgerEntry {
-        user_id,
-        crm_user_id: "crm".into(),
-        team_id: "t".into(),
-        activity_type: "Sale".into(),
-        value: None,
-        occurred_at: Timestamp(millis),
-    });
+    let entry = (id(), 0i64..3).prop_map(|(user_id, millis)| ledger_entry(user_id, millis));
     prop_oneof![
         (id(), entry).prop_map(|(activity_id, entry)| StateChange::PutLedger {
             company_id: "acme".into(),
@@ -959,14 +957,7 @@ proptest! {
 #[test]
 fn a_store_from_before_the_by_user_index_is_indexed_when_opened() {
     let dir = TempDir::new().expect("temp dir");
-    let entry = |user: &str, millis| LedgerEntry {
-        user_id: user.into(),
-        crm_user_id: "crm".into(),
-        team_id: "t".into(),
-        activity_type: "Sale".into(),
-        value: None,
-        occurred_at: Timestamp(millis),
-    };
+    let entry = |user: &str, millis| ledger_entry(user.into(), millis);
     let mut store = open(&dir);
     let put = |activity: &str, user: &str, millis| StateChange::PutLedger {
         company_id: "acme".into(),
