@@ -209,16 +209,17 @@ impl RunTopics {
     }
 }
 
-/// The high watermark (end offset) of every partition of `topics`.
-pub fn end_offsets(
-    consumer: &BaseConsumer,
-    topics: &[String],
-    partitions: i32,
-) -> Result<BTreeMap<(String, i32), i64>> {
+/// The high watermark (end offset) of every partition of `topics`, records of undecided
+/// transactions included. A read_committed client would be told the last stable offset, which
+/// can stand before a just-committed round's records for a moment (the broker writes the
+/// transaction's markers after the commit returns): a reader stopping there would miss them.
+pub fn end_offsets(broker: &Broker, topics: &[String], partitions: i32) -> Result<BTreeMap<(String, i32), i64>> {
+    let client: BaseConsumer =
+        broker.client().set("isolation.level", "read_uncommitted").create().context("creating a watermark client")?;
     let mut ends = BTreeMap::new();
     for topic in topics {
         for p in 0..partitions {
-            let (_, high) = consumer
+            let (_, high) = client
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .with_context(|| format!("reading the end offset of {topic} [{p}]"))?;
             ends.insert((topic.clone(), p), high);

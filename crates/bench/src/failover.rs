@@ -105,7 +105,7 @@ fn take_over(
     let dead: Vec<i32> = victim.assigned().into_iter().collect();
     let crm = topics.names.crm_changes.clone();
     let inspector = broker.inspector(group)?;
-    let ends = end_offsets(&inspector, std::slice::from_ref(&crm), topics.partitions)?;
+    let ends = end_offsets(broker, std::slice::from_ref(&crm), topics.partitions)?;
     let kill_ms = now_ms();
     let killed = Instant::now();
     victim.kill();

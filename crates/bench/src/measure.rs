@@ -52,7 +52,7 @@ pub fn wait_processed(
     mut alive: impl FnMut() -> Result<()>,
 ) -> Result<Throughput> {
     let inspector = broker.inspector(group)?;
-    let ends = end_offsets(&inspector, &topics.inputs(), topics.partitions)?;
+    let ends = end_offsets(broker, &topics.inputs(), topics.partitions)?;
     let events: i64 = ends.values().sum();
     let partitions: Vec<(String, i32)> = ends.keys().cloned().collect();
     let mut first: Option<(Instant, i64)> = None;
@@ -137,8 +137,7 @@ impl Reader {
 
     /// Reads on to the output topics' end offsets as they are now, then returns what was read.
     pub fn finish(mut self, broker: &Broker, topics: &RunTopics) -> Result<Vec<Observed>> {
-        let inspector = broker.inspector("crmflow-bench-reader")?;
-        let ends = end_offsets(&inspector, &topics.outputs(), topics.partitions)?;
+        let ends = end_offsets(broker, &topics.outputs(), topics.partitions)?;
         *self.finish.lock().map_err(|_| anyhow::anyhow!("reader lock poisoned"))? = Some(ends);
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result?,

@@ -120,11 +120,9 @@ fn keys_in(broker: &Broker, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
+    let ends = end_offsets(broker, &[topic], partitions);
     let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
     for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
-        ends.push(high);
         assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
     }
     consumer.assign(&assignment).unwrap();
@@ -132,9 +130,12 @@ fn keys_in(broker: &Broker, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let position = consumer.position().unwrap();
-        let done = (0..partitions).all(|p| match position.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(at)) => at >= ends[p as usize],
-            _ => ends[p as usize] == 0,
+        let done = (0..partitions).all(|p| {
+            let end = ends[&(topic.to_owned(), p)];
+            match position.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(at)) => at >= end,
+                _ => end == 0,
+            }
         });
         if done {
             return keys;

@@ -368,3 +368,47 @@ fn a_replay_of_transactional_inputs_stops_by_itself() {
         "no live outputs: all added, none aborted"
     );
 }
+
+/// End offsets are high watermarks, records of undecided transactions included. librdkafka
+/// answers a read_committed client with the last stable offset instead, and the broker writes a
+/// transaction's markers only after the commit has returned: for a moment the group's offsets
+/// are committed while an output partition's stable offset still stands before the round's
+/// records. Readers that stopped there (`diff`, the tests' output reader) missed that round.
+/// Failed before: both reported 0 here.
+#[test]
+fn end_offsets_count_the_records_of_an_undecided_transaction() {
+    use crmflow_runtime::operations::Operations;
+    use crmflow_runtime::Config;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::Message;
+    let broker = kafka();
+    let topic = "ops-undecided.activities.accepted";
+    broker.create_topics(&[topic.to_owned()], 1);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("transactional.id", "ops-undecided-producer")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for n in 0..3 {
+        producer.send(BaseRecord::to(topic).key("acme").payload(&format!("record {n}"))).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let config = Config { brokers: broker.address.clone(), ..Config::default() };
+    let ops = Operations::connect(&config).unwrap();
+    let ends = ops.end_offsets(&[topic]).unwrap();
+    let key = (topic.to_owned(), 0);
+    assert_eq!(ends[&key], 3, "crmflow's operator commands");
+    assert_eq!(end_offsets(broker, &[topic], 1)[&key], 3, "the tests' output reader");
+
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    let mut read = Vec::new();
+    ops.read_to(&ends, |m| {
+        read.push(m.offset());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(read, [0, 1, 2], "every committed record, read to the high watermark");
+}

@@ -98,8 +98,14 @@ pub struct Operations {
 impl Operations {
     /// Connects with `config`'s client settings, waiting for the brokers up to `startup_timeout_ms`.
     pub fn connect(config: &Config) -> Result<Operations, OperationError> {
-        let client: BaseConsumer =
-            config.client_config().create().map_err(|e| RunError::kafka("creating a metadata client", e))?;
+        // read_uncommitted, so watermarks are high watermarks: librdkafka answers a read_committed
+        // client (its default) with the last stable offset, which can stand before a round
+        // committed a moment ago (the broker writes transaction markers after the commit returns).
+        let client: BaseConsumer = config
+            .client_config()
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(|e| RunError::kafka("creating a metadata client", e))?;
         let metadata = setup::wait_for_brokers(&client, config)?;
         Ok(Operations { config: config.clone(), client, metadata })
     }

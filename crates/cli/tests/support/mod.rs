@@ -551,12 +551,25 @@ fn reader(address: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-/// The end offset of every partition of `topics`.
-fn end_offsets(consumer: &BaseConsumer, topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
+/// The end offset (high watermark) of every partition of `topics`: the offset after the last
+/// record written, whether or not its transaction is decided yet.
+///
+/// Not what a read_committed client reports: librdkafka answers such a client with the last
+/// stable offset. The broker writes a transaction's markers after the commit returns, one
+/// partition at a time, so for a moment the group's offsets are committed while an output
+/// partition's stable offset still stands before the round's records: a reader that stops there
+/// misses them. A read_committed reader that reads on to the high watermark has read every
+/// record of decided transactions.
+pub fn end_offsets(broker: &Broker, topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
     let mut ends = BTreeMap::new();
     for topic in topics {
         for p in 0..partitions {
-            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (_, high) = client.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
             ends.insert((topic.to_string(), p), high);
         }
     }
@@ -597,7 +610,7 @@ pub struct Consumed {
 pub fn read_outputs(broker: &Broker, topics: &Topics) -> Vec<Consumed> {
     let consumer = reader(&broker.address, "crmflow-test-reader");
     let outputs = topics.names.outputs();
-    let ends = end_offsets(&consumer, &outputs, topics.partitions);
+    let ends = end_offsets(broker, &outputs, topics.partitions);
     let mut assignment = TopicPartitionList::new();
     for (topic, partition) in ends.keys() {
         assignment.add_partition_offset(topic, *partition, Offset::Beginning).unwrap();
@@ -918,7 +931,7 @@ pub fn wait_until_processed_by(
 ) {
     let consumer = reader(&broker.address, group);
     let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
-    let ends = end_offsets(&consumer, &inputs, topics.partitions);
+    let ends = end_offsets(broker, &inputs, topics.partitions);
     let mut wanted = TopicPartitionList::new();
     for (topic, partition) in ends.keys() {
         wanted.add_partition(topic, *partition);
