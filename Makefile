@@ -15,7 +15,10 @@ HTTP_LISTEN ?= 127.0.0.1:8080
 # Arguments of the end-to-end benchmark (`crmflow-bench --help`), e.g. BENCH_ARGS="--events 50000".
 BENCH_ARGS ?=
 
-.PHONY: all deps build lint unit test run simulate bench fmt
+# Every test binary except the Kafka suites (`kafka*.rs`), which need the real broker.
+CHECK_TESTS := $(foreach t,$(filter-out kafka%,$(basename $(notdir $(wildcard crates/*/tests/*.rs)))),--test $(t))
+
+.PHONY: all deps native-deps build lint unit check test run simulate bench fmt
 
 all: build
 
@@ -23,6 +26,10 @@ all: build
 # (with Java and Maven) for the tests and `make run`.
 deps:
 	@deploy/scripts/install-deps.sh --kafka
+
+# Only what the native builds need: `make check` starts no broker.
+native-deps:
+	@deploy/scripts/install-deps.sh
 
 build: deps
 	cargo build --workspace --all-targets
@@ -36,6 +43,14 @@ unit: deps
 
 test: lint unit
 
+# The quick tier, no broker: formatting, clippy, and every unit, property and scenario test
+# (the scenarios through the core and `crmflow simulate`).
+check: native-deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --lib --bins $(CHECK_TESTS)
+	cargo test --workspace --doc
+
 run: deps
 	cargo build -p crmflow
 	BROKERS=$(BROKERS) BROKER=$(BROKER) RATE=$(RATE) HTTP_LISTEN=$(HTTP_LISTEN) deploy/scripts/run-local.sh $(CRMFLOW)
@@ -45,12 +60,12 @@ simulate: deps
 	$(CRMFLOW) simulate --input tests/scenarios/seed-walkthrough/input.jsonl
 
 # The pure core (criterion), then end to end on Apache Kafka next to an rdkafka pass-through
-# (crates/bench; optimized: the debug build runs RocksDB's C++ at -O0). The report is also
-# written to $(CARGO_TARGET_DIR)/crmflow-bench.md.
+# (crates/bench; optimized: the debug build runs RocksDB's C++ at -O0). Both go into the
+# generated page docs/benchmarks.md.
 bench: deps
 	cargo bench -p crmflow-demo --bench pipeline
 	cargo build --release -p crmflow -p crmflow-bench
-	$(if $(BROKERS),BROKERS=$(BROKERS)) $(CARGO_TARGET_DIR)/release/crmflow-bench --output $(CARGO_TARGET_DIR)/crmflow-bench.md $(BENCH_ARGS)
+	$(if $(BROKERS),BROKERS=$(BROKERS)) $(CARGO_TARGET_DIR)/release/crmflow-bench --output docs/benchmarks.md $(BENCH_ARGS)
 
 fmt:
 	cargo fmt --all

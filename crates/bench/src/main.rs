@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod broker;
+mod core;
 mod cpu;
 mod failover;
 mod load;
@@ -39,6 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
+use crmflow_runtime::ProcessingGuarantee;
+
 use crate::broker::{Broker, RunTopics, BROKER_JVM};
 use crate::load::{demo_config, now_ms, produce, Pace};
 use crate::measure::{latency, wait_processed, Reader};
@@ -51,38 +54,12 @@ use crate::report::{FailoverRow, LatencyRow, Report, ThroughputRow};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A processing guarantee, as crmflow's `processing_guarantee` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Guarantee {
-    /// Transactions: outputs and offsets committed together.
-    ExactlyOnce,
-    /// Outputs flushed, then offsets committed.
-    AtLeastOnce,
-}
-
-impl Guarantee {
-    /// The configuration value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Guarantee::ExactlyOnce => "exactly_once",
-            Guarantee::AtLeastOnce => "at_least_once",
-        }
+/// A short name of a guarantee for topic and group names.
+fn short(guarantee: ProcessingGuarantee) -> &'static str {
+    match guarantee {
+        ProcessingGuarantee::ExactlyOnce => "eos",
+        ProcessingGuarantee::AtLeastOnce => "alo",
     }
-
-    fn short(self) -> &'static str {
-        match self {
-            Guarantee::ExactlyOnce => "eos",
-            Guarantee::AtLeastOnce => "alo",
-        }
-    }
-}
-
-/// Which guarantees to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Guarantees {
-    Both,
-    ExactlyOnce,
-    AtLeastOnce,
 }
 
 /// A part of the benchmark.
@@ -117,9 +94,9 @@ struct Cli {
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
-    /// Guarantees to measure.
-    #[arg(long, value_enum, default_value_t = Guarantees::Both)]
-    guarantee: Guarantees,
+    /// Measure only this guarantee (default: both).
+    #[arg(long, value_enum)]
+    guarantee: Option<ProcessingGuarantee>,
     /// Commit interval of crmflow and of the pass-through, in ms (crmflow's default: 100).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
@@ -172,9 +149,13 @@ struct Cli {
     /// Also write every latency sample of each latency run as CSV files into this directory.
     #[arg(long)]
     latency_samples: Option<PathBuf>,
-    /// Also write the markdown report to this file.
+    /// Also write the markdown report to this file (`make bench`: docs/benchmarks.md).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// criterion's results of the pure core's benchmarks, shown on the page (default:
+    /// `criterion` in the target directory).
+    #[arg(long)]
+    criterion: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -199,10 +180,9 @@ fn main() -> Result<()> {
         }
     };
     eprintln!("broker at {}; work directory {}", broker.address, work.display());
-    let guarantees: Vec<Guarantee> = match cli.guarantee {
-        Guarantees::Both => vec![Guarantee::ExactlyOnce, Guarantee::AtLeastOnce],
-        Guarantees::ExactlyOnce => vec![Guarantee::ExactlyOnce],
-        Guarantees::AtLeastOnce => vec![Guarantee::AtLeastOnce],
+    let guarantees = match cli.guarantee {
+        Some(only) => vec![only],
+        None => vec![ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce],
     };
     let run_id = format!("bench{}", now_ms() / 1000);
     let demo = demo_config(cli.companies, cli.users, cli.seed);
@@ -213,7 +193,7 @@ fn main() -> Result<()> {
         };
         extra.push((format!("CRMFLOW_{}", key.trim().to_uppercase().replace('.', "__")), value.trim().to_owned()));
     }
-    let settings = |guarantee: Guarantee, max_wait_ms: u64| Settings {
+    let settings = |guarantee: ProcessingGuarantee, max_wait_ms: u64| Settings {
         binary: binary.clone(),
         guarantee,
         commit_interval_ms: cli.commit_interval_ms,
@@ -223,7 +203,16 @@ fn main() -> Result<()> {
     };
     let commit_interval = Duration::from_millis(cli.commit_interval_ms);
 
-    let mut report = Report { context: context(&cli, &repo, &broker), ..Report::default() };
+    let criterion = cli.criterion.clone().unwrap_or_else(|| exe_dir.join("../criterion"));
+    let mut report = Report {
+        command: std::iter::once("crmflow-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        context: context(&cli, &repo, &broker),
+        core: core::read(&criterion)?,
+        ..Report::default()
+    };
 
     if cli.broker_warmup_seconds > 0 {
         eprintln!(
@@ -232,7 +221,16 @@ fn main() -> Result<()> {
         );
         let warm_up = Cli { latency_warmup_seconds: 0, latency_seconds: cli.broker_warmup_seconds, ..cli.clone() };
         let name = format!("{run_id}-warmup");
-        latency_run(&warm_up, &broker, &name, Guarantee::ExactlyOnce, "pass-through", None, &settings, &work)?;
+        latency_run(
+            &warm_up,
+            &broker,
+            &name,
+            ProcessingGuarantee::ExactlyOnce,
+            "pass-through",
+            None,
+            &settings,
+            &work,
+        )?;
     }
 
     if cli.only.contains(&Part::Throughput) {
@@ -246,7 +244,7 @@ fn main() -> Result<()> {
         eprintln!("  {produced} events in {:.1} s", started.elapsed().as_secs_f64());
         for &guarantee in &guarantees {
             for system in ["pass-through", "crmflow"] {
-                let name = format!("{inputs}-{}-{}", if system == "crmflow" { "cf" } else { "pt" }, guarantee.short());
+                let name = format!("{inputs}-{}-{}", if system == "crmflow" { "cf" } else { "pt" }, short(guarantee));
                 let topics = RunTopics::new(&inputs, &name, cli.partitions);
                 topics.create(&broker, false)?;
                 eprintln!("throughput: {system} {}…", guarantee.as_str());
@@ -297,7 +295,7 @@ fn main() -> Result<()> {
                 let name = format!(
                     "{run_id}-lat-{}-{}{}",
                     if system == "crmflow" { "cf" } else { "pt" },
-                    guarantee.short(),
+                    short(guarantee),
                     max_wait_ms.map_or_else(String::new, |w| format!("-w{w}"))
                 );
                 let row = latency_run(&cli, &broker, &name, guarantee, system, max_wait_ms, &settings, &work)?;
@@ -312,7 +310,7 @@ fn main() -> Result<()> {
     if cli.only.contains(&Part::Failover) {
         for &guarantee in &guarantees {
             eprintln!("failover: {}…", guarantee.as_str());
-            let name = format!("{run_id}-fo-{}", guarantee.short());
+            let name = format!("{run_id}-fo-{}", short(guarantee));
             let failover = failover::run(
                 &broker,
                 &settings(guarantee, cli.max_wait_ms),
@@ -350,10 +348,10 @@ fn latency_run(
     cli: &Cli,
     broker: &Broker,
     name: &str,
-    guarantee: Guarantee,
+    guarantee: ProcessingGuarantee,
     system: &'static str,
     max_wait_ms: Option<u64>,
-    settings: &dyn Fn(Guarantee, u64) -> Settings,
+    settings: &dyn Fn(ProcessingGuarantee, u64) -> Settings,
     work: &Path,
 ) -> Result<LatencyRow> {
     let topics = RunTopics::new(name, name, cli.partitions);

@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::{Broker, RunTopics};
-use crate::Guarantee;
+use crmflow_runtime::ProcessingGuarantee;
 
 /// Records admitted per poll round, as in crmflow's loop.
 const POLL_BATCH: usize = 500;
@@ -45,7 +45,7 @@ impl PassThrough {
         broker: &Broker,
         topics: &RunTopics,
         group: &str,
-        guarantee: Guarantee,
+        guarantee: ProcessingGuarantee,
         commit_interval: Duration,
     ) -> Result<PassThrough> {
         let mut consumer_config = broker.client();
@@ -57,7 +57,7 @@ impl PassThrough {
             .set("partition.assignment.strategy", "range");
         let mut producer_config = broker.client();
         producer_config.set("enable.idempotence", "true").set("linger.ms", "5");
-        if guarantee == Guarantee::ExactlyOnce {
+        if guarantee == ProcessingGuarantee::ExactlyOnce {
             consumer_config.set("isolation.level", "read_committed");
             producer_config
                 .set("transactional.id", format!("{group}.passthrough"))
@@ -66,7 +66,7 @@ impl PassThrough {
         let consumer: BaseConsumer = consumer_config.create().context("creating the pass-through consumer")?;
         let producer: ThreadedProducer<DefaultProducerContext> =
             producer_config.create().context("creating the pass-through producer")?;
-        if guarantee == Guarantee::ExactlyOnce {
+        if guarantee == ProcessingGuarantee::ExactlyOnce {
             producer.init_transactions(CLIENT_TIMEOUT).context("initialising transactions")?;
         }
         let inputs = topics.inputs();
@@ -122,7 +122,7 @@ struct Copier {
     consumer: BaseConsumer,
     producer: ThreadedProducer<DefaultProducerContext>,
     routes: BTreeMap<String, String>,
-    guarantee: Guarantee,
+    guarantee: ProcessingGuarantee,
     in_transaction: bool,
 }
 
@@ -145,7 +145,7 @@ impl Copier {
                     }
                 };
                 let Some(output) = self.routes.get(m.topic()) else { continue };
-                if self.guarantee == Guarantee::ExactlyOnce && !self.in_transaction {
+                if self.guarantee == ProcessingGuarantee::ExactlyOnce && !self.in_transaction {
                     self.producer.begin_transaction().context("beginning a transaction")?;
                     self.in_transaction = true;
                 }
@@ -182,13 +182,13 @@ impl Copier {
             offsets.add_partition_offset(&topic, partition, Offset::Offset(next))?;
         }
         match self.guarantee {
-            Guarantee::AtLeastOnce => {
+            ProcessingGuarantee::AtLeastOnce => {
                 flush_delivered(&self.producer, CLIENT_TIMEOUT).context("flushing")?;
                 if offsets.count() > 0 {
                     self.consumer.commit(&offsets, CommitMode::Sync).context("committing offsets")?;
                 }
             }
-            Guarantee::ExactlyOnce => {
+            ProcessingGuarantee::ExactlyOnce => {
                 let group = self.consumer.group_metadata().context("the consumer has no group metadata")?;
                 if offsets.count() > 0 {
                     self.producer

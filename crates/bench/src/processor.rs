@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::broker::{Broker, RunTopics};
-use crate::Guarantee;
+use crmflow_runtime::ProcessingGuarantee;
 
 /// How one crmflow instance is configured.
 #[derive(Debug, Clone)]
@@ -18,7 +18,7 @@ pub struct Settings {
     /// The `crmflow` binary.
     pub binary: PathBuf,
     /// `processing_guarantee`.
-    pub guarantee: Guarantee,
+    pub guarantee: ProcessingGuarantee,
     /// `commit_interval_ms`.
     pub commit_interval_ms: u64,
     /// `max_wait_ms`, if not crmflow's default.

@@ -74,7 +74,7 @@ enum Command {
         state_dir: Option<PathBuf>,
         /// Overrides `processing_guarantee`.
         #[arg(long, value_enum)]
-        processing_guarantee: Option<Guarantee>,
+        processing_guarantee: Option<ProcessingGuarantee>,
         /// Print sample output events with each report.
         #[arg(long)]
         watch: bool,
@@ -216,12 +216,6 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Guarantee {
-    ExactlyOnce,
-    AtLeastOnce,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Json,
     Avro,
@@ -247,11 +241,8 @@ fn main() -> Result<()> {
             if let Some(address) = http_listen {
                 config.http_listen = address;
             }
-            if let Some(g) = processing_guarantee {
-                config.processing_guarantee = match g {
-                    Guarantee::ExactlyOnce => ProcessingGuarantee::ExactlyOnce,
-                    Guarantee::AtLeastOnce => ProcessingGuarantee::AtLeastOnce,
-                };
+            if let Some(guarantee) = processing_guarantee {
+                config.processing_guarantee = guarantee;
             }
             config.validate().context("invalid configuration")?;
             let status = Status::new();

@@ -26,7 +26,8 @@ fn inputs_are_merged_by_timestamp_not_arrival() {
     // Settings and workflow of acme/sf, then a first change that provisions 005A (not on a team yet).
     produce_lines(broker, &topics, &setup[..3]);
     let state_dir = state.path().join("state");
-    let mut processor = Processor::start(broker, &topics, &state_dir, "ordering", Guarantee::ExactlyOnce, &[]);
+    let mut processor =
+        Processor::start(broker, &topics, &state_dir, "ordering", ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, "ordering", &mut processor, Duration::from_secs(60));
     assert_eq!(read_outputs(broker, &topics).len(), 2, "provisioned and ignored:\n{}", processor.logs());
 
@@ -68,7 +69,7 @@ fn inputs_are_merged_by_timestamp_not_arrival() {
 /// missing, none extra, none twice. Returns the last run's logs.
 fn runs_in_parts(
     name: &str,
-    guarantee: Guarantee,
+    guarantee: ProcessingGuarantee,
     splits: &[usize],
     mut between: impl FnMut(usize, &Path, &Topics),
 ) -> String {
@@ -101,7 +102,7 @@ fn runs_in_parts(
 /// A restart reuses the state directory: nothing is re-emitted, and state carries over.
 #[test]
 fn restart_resumes_from_the_state_directory() {
-    runs_in_parts("restart", Guarantee::ExactlyOnce, &[4], |_, state_dir, _| {
+    runs_in_parts("restart", ProcessingGuarantee::ExactlyOnce, &[4], |_, state_dir, _| {
         assert!(state_dir.read_dir().unwrap().next().is_some(), "state directory was written");
     });
 }
@@ -111,7 +112,7 @@ fn restart_resumes_from_the_state_directory() {
 /// published twice.
 #[test]
 fn a_lost_state_directory_is_restored_from_the_changelog_without_the_inputs_history() {
-    for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+    for guarantee in [ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce] {
         let name = format!("rebuild-{}", guarantee.as_str());
         let logs = runs_in_parts(&name, guarantee, &[4], |_, state_dir, topics| {
             std::fs::remove_dir_all(state_dir).unwrap();
@@ -129,13 +130,14 @@ fn a_lost_state_directory_is_restored_from_the_changelog_without_the_inputs_hist
 #[test]
 fn a_stale_state_directory_restores_only_the_changelog_tail() {
     let snapshot = tempfile::tempdir().unwrap();
-    let logs = runs_in_parts("stale-state", Guarantee::ExactlyOnce, &[3, 5], |part, state_dir, _| match part {
-        0 => copy_dir(state_dir, snapshot.path()),
-        _ => {
-            std::fs::remove_dir_all(state_dir).unwrap();
-            copy_dir(snapshot.path(), state_dir);
-        }
-    });
+    let logs =
+        runs_in_parts("stale-state", ProcessingGuarantee::ExactlyOnce, &[3, 5], |part, state_dir, _| match part {
+            0 => copy_dir(state_dir, snapshot.path()),
+            _ => {
+                std::fs::remove_dir_all(state_dir).unwrap();
+                copy_dir(snapshot.path(), state_dir);
+            }
+        });
     assert!(logs.contains("restoring the tail"), "{logs}");
     assert!(!logs.contains("restoring the store in full"), "{logs}");
 }
@@ -152,7 +154,7 @@ fn input_records_deleted_before_processing_are_skipped_and_counted() {
     let (input, _) = scenario("seed-walkthrough");
     let run = |lines: &[Vec<u8>]| {
         produce_lines(broker, &topics, lines);
-        let mut processor = Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+        let mut processor = Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::ExactlyOnce, &[]);
         wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
         assert!(processor.stop().success(), "{}", processor.logs());
         processor.logs()
@@ -183,7 +185,7 @@ fn records_whose_outputs_the_broker_refuses_become_dead_letters() {
     produce_lines(broker, &topics, &input);
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
-    let mut processor = Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+    let mut processor = Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
     assert!(processor.stop().success(), "{}", processor.logs());
     let logs = processor.logs();
@@ -253,7 +255,7 @@ fn avro_topics_give_the_same_decisions() {
     .collect();
     let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "avro")).collect();
     let state_dir = state.path().join("state");
-    let mut processor = Processor::start(broker, &topics, &state_dir, "avro", Guarantee::ExactlyOnce, &env);
+    let mut processor = Processor::start(broker, &topics, &state_dir, "avro", ProcessingGuarantee::ExactlyOnce, &env);
     wait_until_processed(broker, &topics, "avro", &mut processor, Duration::from_secs(60));
     assert!(processor.stop().success(), "{}", processor.logs());
     let actual = read_outputs(broker, &topics);
@@ -270,7 +272,8 @@ fn missing_output_topics_are_created_like_the_inputs() {
     produce_lines(broker, &topics, &input);
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
-    let mut processor = Processor::start(broker, &topics, &state_dir, "create-outputs", Guarantee::ExactlyOnce, &[]);
+    let mut processor =
+        Processor::start(broker, &topics, &state_dir, "create-outputs", ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, "create-outputs", &mut processor, Duration::from_secs(60));
     assert!(processor.stop().success(), "{}", processor.logs());
     let counts = broker.partition_counts();
@@ -308,7 +311,8 @@ fn an_oversized_bad_record_becomes_a_small_dead_letter() {
 
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
-    let mut processor = Processor::start(broker, &topics, &state_dir, "oversized", Guarantee::ExactlyOnce, &[]);
+    let mut processor =
+        Processor::start(broker, &topics, &state_dir, "oversized", ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, "oversized", &mut processor, Duration::from_secs(60));
     assert!(processor.stop().success(), "{}", processor.logs());
     let actual = read_outputs(broker, &topics);
@@ -322,7 +326,8 @@ fn an_oversized_bad_record_becomes_a_small_dead_letter() {
 /// but the dead letters is exactly `expected`; returns the dead letters.
 fn run_to_the_end(broker: &Broker, topics: &Topics, name: &str, expected: &[Envelope]) -> Vec<Consumed> {
     let state = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(broker, topics, &state.path().join("s"), name, Guarantee::ExactlyOnce, &[]);
+    let mut processor =
+        Processor::start(broker, topics, &state.path().join("s"), name, ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, topics, name, &mut processor, Duration::from_secs(90));
     assert!(processor.stop().success(), "{}", processor.logs());
     let dlq = crmflow_codec::TopicNames::default().dead_letters;
@@ -552,12 +557,24 @@ fn replicas_sharing_an_instance_id_are_told_so() {
     let (input, _) = scenario("seed-walkthrough");
     let state = tempfile::tempdir().unwrap();
     let env = [("CRMFLOW_INSTANCE_ID", "replica")];
-    let mut first =
-        Processor::start(broker, &topics, &state.path().join("first"), "same-instance", Guarantee::ExactlyOnce, &env);
+    let mut first = Processor::start(
+        broker,
+        &topics,
+        &state.path().join("first"),
+        "same-instance",
+        ProcessingGuarantee::ExactlyOnce,
+        &env,
+    );
     produce_lines(broker, &topics, &input[..4]);
     wait_until_processed(broker, &topics, "same-instance", &mut first, Duration::from_secs(60));
-    let mut second =
-        Processor::start(broker, &topics, &state.path().join("second"), "same-instance", Guarantee::ExactlyOnce, &env);
+    let mut second = Processor::start(
+        broker,
+        &topics,
+        &state.path().join("second"),
+        "same-instance",
+        ProcessingGuarantee::ExactlyOnce,
+        &env,
+    );
     // Steady traffic for both partitions: each meets the fence at its next transaction.
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo.jsonl");
@@ -607,7 +624,7 @@ fn a_producer_fenced_once_starts_again_and_goes_on() {
     let state = tempfile::tempdir().unwrap();
     let env = [("CRMFLOW_INSTANCE_ID", "fence-me")];
     let mut processor =
-        Processor::start(broker, &topics, &state.path().join("state"), name, Guarantee::ExactlyOnce, &env);
+        Processor::start(broker, &topics, &state.path().join("state"), name, ProcessingGuarantee::ExactlyOnce, &env);
     produce_lines(broker, &topics, &input[..4]);
     wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(60));
     let usurper: BaseProducer = rdkafka::ClientConfig::new()

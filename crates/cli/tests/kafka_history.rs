@@ -100,7 +100,7 @@ fn wait_until_owning(processor: &mut Processor, since: usize, timeout: Duration)
 fn instance(broker: &Broker, topics: &Topics, root: &Path, name: &str, id: &str, env: &[(&str, &str)]) -> Processor {
     let mut env = env.to_vec();
     env.push(("CRMFLOW_INSTANCE_ID", id));
-    Processor::start(broker, topics, &root.join(id), name, Guarantee::ExactlyOnce, &env)
+    Processor::start(broker, topics, &root.join(id), name, ProcessingGuarantee::ExactlyOnce, &env)
 }
 
 /// Fails with the difference unless the output topics hold exactly what simulate makes of `lines`.
@@ -349,7 +349,7 @@ fn at_least_once_republishes_a_round_whose_outputs_failed() {
     let root = tempfile::tempdir().unwrap();
     let state_dir = root.path().join("state");
     let env = [("CRMFLOW_KAFKA_PRODUCER__MESSAGE_TIMEOUT_MS", "5000")];
-    let start = || Processor::start(broker, &topics, &state_dir, name, Guarantee::AtLeastOnce, &env);
+    let start = || Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::AtLeastOnce, &env);
     // Nobody is on a team yet: no activity is accepted, the accepted topic stays empty.
     let mut history = History::new("h");
     for company in COMPANIES {
@@ -398,7 +398,7 @@ fn a_store_past_a_zombies_open_transaction_is_current() {
     let changelog = format!("{name}-projections-changelog");
     let root = tempfile::tempdir().unwrap();
     let state_dir = root.path().join("state");
-    let start = || Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+    let start = || Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::ExactlyOnce, &[]);
     let mut history = History::new("h");
     for company in COMPANIES {
         history.integration(company);

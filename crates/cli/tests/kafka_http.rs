@@ -76,7 +76,7 @@ fn operators_query_a_running_processor() {
         &topics,
         &state.path().join("state"),
         "http",
-        Guarantee::ExactlyOnce,
+        ProcessingGuarantee::ExactlyOnce,
         &[("CRMFLOW_HTTP_LISTEN", &address)],
     );
 
@@ -170,7 +170,7 @@ fn metrics_equal_the_outputs_produced() {
         &topics,
         &state.path().join("state"),
         "metrics",
-        Guarantee::ExactlyOnce,
+        ProcessingGuarantee::ExactlyOnce,
         &[("CRMFLOW_HTTP_LISTEN", &address)],
     );
     wait_until_processed(broker, &topics, "metrics", &mut processor, Duration::from_secs(180));
@@ -250,7 +250,7 @@ fn either_instance_answers_for_every_company() {
                 &topics,
                 &state.path().join(id),
                 "http-pair",
-                Guarantee::ExactlyOnce,
+                ProcessingGuarantee::ExactlyOnce,
                 &[("CRMFLOW_HTTP_LISTEN", address), ("CRMFLOW_INSTANCE_ID", id)],
             )
         })
@@ -346,7 +346,7 @@ fn queries_over_a_large_ledger_run_beside_processing() {
         &topics,
         &state.path().join("state"),
         "queries",
-        Guarantee::ExactlyOnce,
+        ProcessingGuarantee::ExactlyOnce,
         &[("CRMFLOW_HTTP_LISTEN", &address)],
     );
     wait_until_processed(broker, &topics, "queries", &mut processor, Duration::from_secs(300));

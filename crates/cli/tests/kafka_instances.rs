@@ -143,7 +143,8 @@ impl Instance {
     fn restart(&mut self, broker: &Broker, topics: &Topics, group: &str) {
         assert!(self.processor.is_none());
         let env = [("CRMFLOW_INSTANCE_ID", self.id.as_str())];
-        self.processor = Some(Processor::start(broker, topics, &self.dir, group, Guarantee::ExactlyOnce, &env));
+        self.processor =
+            Some(Processor::start(broker, topics, &self.dir, group, ProcessingGuarantee::ExactlyOnce, &env));
     }
 
     fn kill(&mut self) {
@@ -291,7 +292,7 @@ fn a_survivor_waits_out_a_dead_members_pending_offsets() {
     let started = Instant::now();
     let start = |id: &str| {
         let env = [("CRMFLOW_INSTANCE_ID", id)];
-        Processor::start(broker, &topics, &root.path().join(id), name, Guarantee::ExactlyOnce, &env)
+        Processor::start(broker, &topics, &root.path().join(id), name, ProcessingGuarantee::ExactlyOnce, &env)
     };
     let mut survivor = start("1");
     let mut dying = start("2");
@@ -374,7 +375,8 @@ fn zombie(name: &str, replacement_id: &str, wake: Wake) -> (Woken, String) {
     let root = work_dir(name);
     let started = Instant::now();
     let env_a = [("CRMFLOW_INSTANCE_ID", "a")];
-    let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, Guarantee::ExactlyOnce, &env_a);
+    let mut a =
+        Processor::start(broker, &topics, &root.path().join("a"), name, ProcessingGuarantee::ExactlyOnce, &env_a);
     let (publisher, sent) = publish(broker, &topics, lines, Duration::from_secs(30));
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(4));
@@ -382,7 +384,8 @@ fn zombie(name: &str, replacement_id: &str, wake: Wake) -> (Woken, String) {
     a.pause();
     let paused = Instant::now();
     let env_b = [("CRMFLOW_INSTANCE_ID", replacement_id)];
-    let mut b = Processor::start(broker, &topics, &root.path().join("b"), name, Guarantee::ExactlyOnce, &env_b);
+    let mut b =
+        Processor::start(broker, &topics, &root.path().join("b"), name, ProcessingGuarantee::ExactlyOnce, &env_b);
     match wake {
         Wake::AfterTakeover => {
             wait_until_owning_all(&mut b, 0, Duration::from_secs(90));
@@ -491,7 +494,7 @@ fn a_zombie_holding_the_state_directory_stops_its_replacement_then_goes_on() {
     let dir = root.path().join("state");
     let started = Instant::now();
     let env = [("CRMFLOW_INSTANCE_ID", "a")];
-    let start = || Processor::start(broker, &topics, &dir, name, Guarantee::ExactlyOnce, &env);
+    let start = || Processor::start(broker, &topics, &dir, name, ProcessingGuarantee::ExactlyOnce, &env);
     let mut a = start();
     let (publisher, sent) = publish(broker, &topics, lines, Duration::from_secs(30));
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
@@ -563,7 +566,7 @@ fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     let snapshots = root.path().join("snapshots");
     let started = Instant::now();
     let env = [("CRMFLOW_INSTANCE_ID", "1")];
-    let start = || Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &env);
+    let start = || Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::ExactlyOnce, &env);
     let mut processor = start();
     let (publisher, sent) = publish(broker, &topics, lines, Duration::from_secs(70));
     let plan = [
@@ -693,7 +696,7 @@ fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
         ("CRMFLOW_COMMIT_INTERVAL_MS", "60000"),
         ("CRMFLOW_KAFKA_PRODUCER__TRANSACTION_TIMEOUT_MS", "300000"),
     ];
-    let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, Guarantee::ExactlyOnce, &env);
+    let mut a = Processor::start(broker, &topics, &root.path().join("a"), name, ProcessingGuarantee::ExactlyOnce, &env);
     wait_until_owning_all(&mut a, 0, Duration::from_secs(60));
     // Few enough to be processed well within the first commit interval, even on a busy machine.
     let first = 5_000;

@@ -41,7 +41,8 @@ fn live() -> &'static Live {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         let application_id = "ops-live".to_owned();
-        let mut processor = Processor::start(broker, &topics, &state_dir, &application_id, Guarantee::ExactlyOnce, &[]);
+        let mut processor =
+            Processor::start(broker, &topics, &state_dir, &application_id, ProcessingGuarantee::ExactlyOnce, &[]);
         wait_until_processed(broker, &topics, &application_id, &mut processor, Duration::from_secs(180));
         assert!(processor.stop().success(), "{}", processor.logs());
         compare(&expected, &read_outputs(broker, &topics), Duplicates::Fail)
@@ -277,7 +278,7 @@ fn reset_to_earliest_publishes_the_same_outputs_again() {
     let state_dir = dir.path().join("state");
     let changelog = format!("{name}-projections-changelog");
     let run = || {
-        let mut processor = Processor::start(broker, &topics, &state_dir, name, Guarantee::ExactlyOnce, &[]);
+        let mut processor = Processor::start(broker, &topics, &state_dir, name, ProcessingGuarantee::ExactlyOnce, &[]);
         wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(120));
         processor
     };

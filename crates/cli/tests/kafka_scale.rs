@@ -30,7 +30,7 @@ fn generated() -> &'static (Vec<Vec<u8>>, Vec<Envelope>) {
 #[derive(Debug, Clone, Copy)]
 struct Case {
     name: &'static str,
-    guarantee: Guarantee,
+    guarantee: ProcessingGuarantee,
     /// Produced while running (else all before the start).
     live: bool,
     /// SIGKILLs during the run, each followed by a restart on the same state directory.
@@ -74,8 +74,8 @@ fn run_case(case: Case) {
     logs += &processor.logs();
     let actual = read_outputs(broker, &topics);
     let duplicates = match case.guarantee {
-        Guarantee::ExactlyOnce => Duplicates::Fail,
-        Guarantee::AtLeastOnce => Duplicates::Drop,
+        ProcessingGuarantee::ExactlyOnce => Duplicates::Fail,
+        ProcessingGuarantee::AtLeastOnce => Duplicates::Drop,
     };
     if let Err(diff) = compare(expected, &actual, duplicates) {
         let tail: String =
@@ -93,42 +93,42 @@ fn run_case(case: Case) {
 
 #[test]
 fn replay_exactly_once() {
-    run_case(Case { name: "replay-eos", guarantee: Guarantee::ExactlyOnce, live: false, kills: 0 });
+    run_case(Case { name: "replay-eos", guarantee: ProcessingGuarantee::ExactlyOnce, live: false, kills: 0 });
 }
 
 #[test]
 fn replay_exactly_once_killed_repeatedly() {
-    run_case(Case { name: "replay-eos-kills", guarantee: Guarantee::ExactlyOnce, live: false, kills: 5 });
+    run_case(Case { name: "replay-eos-kills", guarantee: ProcessingGuarantee::ExactlyOnce, live: false, kills: 5 });
 }
 
 #[test]
 fn replay_at_least_once() {
-    run_case(Case { name: "replay-alo", guarantee: Guarantee::AtLeastOnce, live: false, kills: 0 });
+    run_case(Case { name: "replay-alo", guarantee: ProcessingGuarantee::AtLeastOnce, live: false, kills: 0 });
 }
 
 #[test]
 fn replay_at_least_once_killed_repeatedly() {
-    run_case(Case { name: "replay-alo-kills", guarantee: Guarantee::AtLeastOnce, live: false, kills: 5 });
+    run_case(Case { name: "replay-alo-kills", guarantee: ProcessingGuarantee::AtLeastOnce, live: false, kills: 5 });
 }
 
 #[test]
 fn live_exactly_once() {
-    run_case(Case { name: "live-eos", guarantee: Guarantee::ExactlyOnce, live: true, kills: 0 });
+    run_case(Case { name: "live-eos", guarantee: ProcessingGuarantee::ExactlyOnce, live: true, kills: 0 });
 }
 
 #[test]
 fn live_exactly_once_killed_repeatedly() {
-    run_case(Case { name: "live-eos-kills", guarantee: Guarantee::ExactlyOnce, live: true, kills: 5 });
+    run_case(Case { name: "live-eos-kills", guarantee: ProcessingGuarantee::ExactlyOnce, live: true, kills: 5 });
 }
 
 #[test]
 fn live_at_least_once() {
-    run_case(Case { name: "live-alo", guarantee: Guarantee::AtLeastOnce, live: true, kills: 0 });
+    run_case(Case { name: "live-alo", guarantee: ProcessingGuarantee::AtLeastOnce, live: true, kills: 0 });
 }
 
 #[test]
 fn live_at_least_once_killed_repeatedly() {
-    run_case(Case { name: "live-alo-kills", guarantee: Guarantee::AtLeastOnce, live: true, kills: 5 });
+    run_case(Case { name: "live-alo-kills", guarantee: ProcessingGuarantee::AtLeastOnce, live: true, kills: 5 });
 }
 
 /// A second member joins and leaves, several times, while live traffic arrives: partitions move
@@ -145,7 +145,7 @@ fn rebalances_do_not_change_decisions() {
     let second_dir = state.path().join("second");
     // Notices new partitions within 2 s rather than librdkafka's default 5 minutes.
     let first_env = [("CRMFLOW_KAFKA__TOPIC_METADATA_REFRESH_INTERVAL_MS", "2000")];
-    let mut first = Processor::start(broker, &topics, &first_dir, group, Guarantee::ExactlyOnce, &first_env);
+    let mut first = Processor::start(broker, &topics, &first_dir, group, ProcessingGuarantee::ExactlyOnce, &first_env);
     let sent = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let (address, topics, sent) = (broker.address.clone(), topics.clone(), sent.clone());
@@ -155,7 +155,8 @@ fn rebalances_do_not_change_decisions() {
     for _ in 0..3 {
         std::thread::sleep(Duration::from_secs(4));
         let second_env = [("CRMFLOW_INSTANCE_ID", "1")];
-        let mut second = Processor::start(broker, &topics, &second_dir, group, Guarantee::ExactlyOnce, &second_env);
+        let mut second =
+            Processor::start(broker, &topics, &second_dir, group, ProcessingGuarantee::ExactlyOnce, &second_env);
         // Leaves only once it took partitions over: on a loaded machine a rebalance can take
         // longer than any fixed wait, and a member that never owned anything moves nothing.
         let joined = Instant::now();

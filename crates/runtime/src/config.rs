@@ -11,12 +11,25 @@ use crmflow_codec::{Encoding, TopicNames};
 
 /// How outputs and input offsets are made durable together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessingGuarantee {
     /// Outputs and offsets in one Kafka transaction; needs a broker with transactions.
+    #[cfg_attr(feature = "clap", value(name = "exactly_once", alias = "exactly-once"))]
     ExactlyOnce,
     /// Outputs acknowledged before offsets commit; a crash re-emits exact duplicates.
+    #[cfg_attr(feature = "clap", value(name = "at_least_once", alias = "at-least-once"))]
     AtLeastOnce,
+}
+
+impl ProcessingGuarantee {
+    /// The configuration value (`processing_guarantee`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingGuarantee::ExactlyOnce => "exactly_once",
+            ProcessingGuarantee::AtLeastOnce => "at_least_once",
+        }
+    }
 }
 
 /// The encoding of each topic's values.

@@ -70,11 +70,6 @@ impl<T> Merger<T> {
         self.queues[head].pop_front().map(|b| (STREAMS[head], b.item))
     }
 
-    /// The streams with nothing buffered, whose consumers the merge may have to ask about.
-    pub fn empty_streams(&self) -> impl Iterator<Item = InputStream> + '_ {
-        (0..3).filter(|&i| self.queues[i].is_empty()).map(|i| STREAMS[i])
-    }
-
     /// When the head may go at the latest (for poll time-outs): once the longest-waiting
     /// buffered record has waited `max_wait`, if anything is buffered.
     pub fn next_deadline(&self) -> Option<i64> {
@@ -154,7 +149,6 @@ mod tests {
     fn a_head_waits_without_limit_while_an_empty_stream_has_unread_records() {
         let mut m = Merger::new(100);
         m.push(CrmChanges, 50, 1_000, "crm");
-        assert_eq!(m.empty_streams().collect::<Vec<_>>(), vec![Settings, Teams]);
         let teams_behind = |s: InputStream| s != Teams;
         assert_eq!(m.pop_ready(1_000_000, teams_behind), None, "teams has records on the broker: they may be earlier");
         assert_eq!(m.pop_ready(1_050, all_caught_up), None, "caught up, but the deadline has not passed");

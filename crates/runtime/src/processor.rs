@@ -283,11 +283,6 @@ impl PartitionTask {
         self.merger.len()
     }
 
-    /// The input streams the merge is waiting for (nothing of them is buffered).
-    pub fn empty_streams(&self) -> impl Iterator<Item = InputStream> + '_ {
-        self.merger.empty_streams()
-    }
-
     /// When the next buffered record may go at the latest.
     pub fn next_deadline(&self) -> Option<i64> {
         self.merger.next_deadline()

@@ -300,11 +300,6 @@ impl Restoring {
         Ok(Restoring { partition, from, until, reached, cancel, handle })
     }
 
-    /// The partition it restores.
-    pub fn partition(&self) -> i32 {
-        self.partition
-    }
-
     /// How far it has come.
     pub fn progress(&self) -> RestoreProgress {
         RestoreProgress { from: self.from, reached: self.reached.load(Ordering::Relaxed), until: self.until }

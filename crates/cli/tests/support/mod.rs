@@ -23,6 +23,7 @@ use tempfile::TempDir;
 
 use crmflow_avro::SchemaRegistry;
 use crmflow_codec::{decode_output, Encoding, Envelope, TopicNames};
+pub use crmflow_runtime::ProcessingGuarantee;
 
 /// The crmflow binary under test.
 pub const CRMFLOW: &str = env!("CARGO_BIN_EXE_crmflow");
@@ -45,25 +46,6 @@ pub fn crmflow_command(binary: &str) -> Command {
         command.env_remove(name);
     }
     command
-}
-
-/// The processing guarantee a run is started with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guarantee {
-    /// Outputs and offsets in Kafka transactions.
-    ExactlyOnce,
-    /// Outputs acknowledged before offsets; a crash may repeat outputs.
-    AtLeastOnce,
-}
-
-impl Guarantee {
-    /// The configuration value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Guarantee::ExactlyOnce => "exactly_once",
-            Guarantee::AtLeastOnce => "at_least_once",
-        }
-    }
 }
 
 /// A broker process, killed on drop.
@@ -349,7 +331,7 @@ impl Processor {
         topics: &Topics,
         state_dir: &Path,
         application_id: &str,
-        guarantee: Guarantee,
+        guarantee: ProcessingGuarantee,
         env: &[(&str, &str)],
     ) -> Processor {
         let log = next_free(state_dir);
@@ -872,7 +854,7 @@ pub fn play_scenario(name: &str) {
     let state = tempfile::tempdir().unwrap();
     let group = format!("scenario-{name}");
     let mut processor =
-        Processor::start(broker, &topics, &state.path().join("state"), &group, Guarantee::ExactlyOnce, &[]);
+        Processor::start(broker, &topics, &state.path().join("state"), &group, ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, &group, &mut processor, Duration::from_secs(120));
     let status = processor.stop();
     let actual = read_outputs(broker, &topics);
@@ -1008,7 +990,7 @@ pub fn operate(
         .env("CRMFLOW_BROKERS", &broker.address)
         .env("CRMFLOW_STATE_DIR", state_dir)
         .env("CRMFLOW_APPLICATION_ID", application_id)
-        .env("CRMFLOW_PROCESSING_GUARANTEE", Guarantee::ExactlyOnce.as_str())
+        .env("CRMFLOW_PROCESSING_GUARANTEE", ProcessingGuarantee::ExactlyOnce.as_str())
         .env("CRMFLOW_MAX_WAIT_MS", "1000")
         .env("CRMFLOW_STARTUP_TIMEOUT_MS", "20000")
         .env("CRMFLOW_KAFKA_CONSUMER__SESSION_TIMEOUT_MS", "6000")
