@@ -29,6 +29,7 @@ mod failover;
 mod load;
 mod measure;
 mod passthrough;
+mod peer;
 mod processor;
 mod report;
 mod restore;
@@ -46,6 +47,7 @@ use crate::broker::{Broker, RunTopics, BROKER_JVM};
 use crate::load::{demo_config, now_ms, produce, Pace};
 use crate::measure::{latency, wait_processed, Reader};
 use crate::passthrough::PassThrough;
+use crate::peer::Peer;
 use crate::processor::{Instance, Settings};
 use crate::report::{FailoverRow, LatencyRow, Report, ThroughputRow};
 
@@ -152,6 +154,13 @@ struct Cli {
     /// Also write the markdown report to this file (`make bench`: docs/benchmarks.md).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// The Kafka Streams peer's sources (default: `../shared/peers/kstreams` beside the
+    /// repository); measured next to crmflow in the throughput runs when Maven can build it.
+    #[arg(long, env = "KSTREAMS_PEER")]
+    kstreams_peer: Option<PathBuf>,
+    /// Leave the Kafka Streams peer out.
+    #[arg(long)]
+    no_kstreams_peer: bool,
     /// criterion's results of the pure core's benchmarks, shown on the page (default:
     /// `criterion` in the target directory).
     #[arg(long)]
@@ -242,15 +251,50 @@ fn main() -> Result<()> {
         let pace = Pace { rate: None, count: Some(cli.events), stop: &stop, sent: &sent };
         let produced = produce(&broker.address, &RunTopics::new(&inputs, &inputs, 1).names, demo, &pace)?;
         eprintln!("  {produced} events in {:.1} s", started.elapsed().as_secs_f64());
+        let peer = if cli.no_kstreams_peer {
+            None
+        } else {
+            let source = cli.kstreams_peer.clone().unwrap_or_else(|| repo.join("../shared/peers/kstreams"));
+            eprintln!("building the Kafka Streams peer from {}…", source.display());
+            match Peer::build(&source, &work) {
+                Ok(peer) => Some(peer),
+                Err(e) => {
+                    eprintln!("  not measured: {e:#}");
+                    report.notes.push(format!("The Kafka Streams peer was not measured: {e:#}."));
+                    None
+                }
+            }
+        };
+        let mut systems = vec!["pass-through", "crmflow"];
+        systems.extend(peer.as_ref().map(|_| "kafka-streams"));
         for &guarantee in &guarantees {
-            for system in ["pass-through", "crmflow"] {
-                let name = format!("{inputs}-{}-{}", if system == "crmflow" { "cf" } else { "pt" }, short(guarantee));
-                let topics = RunTopics::new(&inputs, &name, cli.partitions);
-                topics.create(&broker, false)?;
+            for &system in &systems {
+                let tag = match system {
+                    "crmflow" => "cf",
+                    "kafka-streams" => "ks",
+                    _ => "pt",
+                };
+                let name = format!("{inputs}-{tag}-{}", short(guarantee));
+                // The peer reads inputs under its own prefix: it gets the same backlog again.
+                let own_inputs = system == "kafka-streams";
+                let topics = RunTopics::new(if own_inputs { &name } else { &inputs }, &name, cli.partitions);
+                topics.create(&broker, own_inputs)?;
+                if own_inputs {
+                    let sent = AtomicU64::new(0);
+                    let pace = Pace { rate: None, count: Some(cli.events), stop: &stop, sent: &sent };
+                    produce(&broker.address, &topics.names, demo, &pace)?;
+                }
                 eprintln!("throughput: {system} {}…", guarantee.as_str());
                 let started = Instant::now();
                 let timeout = Duration::from_secs(600);
-                let (throughput, cpu) = if system == "crmflow" {
+                let (throughput, cpu) = if let (Some(peer), true) = (&peer, own_inputs) {
+                    let cpu_start = cpu::RunStart::now(None, broker.pid);
+                    let mut run = peer.start(&broker, &name, guarantee, cli.commit_interval_ms, &work)?;
+                    let t = wait_processed(&broker, &topics, &name, started, timeout, || run.check_running())?;
+                    let cpu = cpu_start.until_now(run.pid(), broker.pid);
+                    run.stop()?;
+                    (t, cpu)
+                } else if system == "crmflow" {
                     let cpu_start = cpu::RunStart::now(None, broker.pid);
                     let mut instance =
                         Instance::start(&settings(guarantee, cli.max_wait_ms), &broker, &topics, &name, "0", &work)?;

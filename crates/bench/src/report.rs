@@ -13,7 +13,7 @@ use crmflow_runtime::ProcessingGuarantee;
 /// Throughput of one system under one guarantee.
 #[derive(Debug, Clone)]
 pub struct ThroughputRow {
-    /// `crmflow` or `pass-through`.
+    /// `crmflow`, `pass-through` or `kafka-streams`.
     pub system: &'static str,
     /// The guarantee.
     pub guarantee: ProcessingGuarantee,
@@ -62,7 +62,10 @@ inputs' end offsets. \"From start\" includes process start, group join and (exac
 `InitProducerId`; \"after first commit\" leaves those out and is what the ratios use. The \
 **pass-through** is a plain rdkafka consume → produce loop in the benchmark's process with the \
 same guarantee (transactions with `send_offsets_to_transaction`, or flush then a synchronous \
-offset commit), loop shape, topics, partitions and commit interval.
+offset commit), loop shape, topics, partitions and commit interval. **kafka-streams** is the \
+same rules as a Kafka Streams application (`processing.guarantee` exactly_once_v2 or \
+at_least_once, the same commit interval, one stream thread per core), on the same backlog \
+produced again into its own input topics; its outputs equal crmflow's.
 - **CPU**: from `/proc`, the CPU time (user and system, all threads) of the system measured \
 (crmflow's process; the benchmark's own for the in-process pass-through, plain consumer and \
 restore) and of the broker's JVM (when the benchmark started it), from the system's start to the \
@@ -99,6 +102,8 @@ pub struct Report {
     pub failover: Vec<FailoverRow>,
     /// The restore run.
     pub restore: Option<crate::restore::RestoreRate>,
+    /// What was left out and why (printed under the throughput table).
+    pub notes: Vec<String>,
 }
 
 /// CPU time per event (or record), in microseconds; "–" when not measured.
@@ -151,8 +156,8 @@ impl Report {
             for r in &self.throughput {
                 let t = &r.throughput;
                 let ratio = match (r.system, self.rate("pass-through", r.guarantee)) {
-                    ("crmflow", Some(base)) => format!("{:.2}", t.steady_rate() / base),
-                    _ => String::new(),
+                    ("pass-through", _) | (_, None) => String::new(),
+                    (_, Some(base)) => format!("{:.2}", t.steady_rate() / base),
                 };
                 let _ = writeln!(
                     out,
@@ -181,6 +186,16 @@ impl Report {
                 let _ = writeln!(out, "pass-through exactly_once / at_least_once: {:.2}", eos / alo);
             }
             for guarantee in [ProcessingGuarantee::ExactlyOnce, ProcessingGuarantee::AtLeastOnce] {
+                if let (Some(crmflow), Some(peer)) =
+                    (self.rate("crmflow", guarantee), self.rate("kafka-streams", guarantee))
+                {
+                    let _ = writeln!(
+                        out,
+                        "crmflow / Kafka Streams, {}: **{:.2}** (target ≥ 2)",
+                        guarantee.as_str(),
+                        crmflow / peer
+                    );
+                }
                 let broker_cpu = |system: &str| {
                     let row = self.throughput.iter().find(|r| r.system == system && r.guarantee == guarantee)?;
                     Some(row.cpu.broker?.as_secs_f64() / row.throughput.events.max(1) as f64)
@@ -194,6 +209,9 @@ impl Report {
                     );
                 }
             }
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "\n{note}");
         }
         if !self.latency.is_empty() {
             let _ = writeln!(out, "\n## Latency (paced input; produce → output readable under read_committed)\n");

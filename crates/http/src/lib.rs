@@ -9,8 +9,9 @@
 //!   instance of the group is answered by it, through this one ([`forward`]).
 //!
 //! The server runs on a thread of its own with its own small tokio runtime, so the processing
-//! loop (synchronous, librdkafka-driven) never waits for it. Queries and scrapes lock the engine
-//! briefly, between two rounds, on tokio's blocking pool.
+//! loop (synchronous, librdkafka-driven) never waits for it. Queries, probes and scrapes read
+//! what the processor publishes after each round (store views, counters, partition states),
+//! never its processing lock, on tokio's blocking pool.
 #![deny(missing_docs)]
 
 mod error;

@@ -382,10 +382,9 @@ impl Config {
     ///
     /// Once its prefetch queue is full, librdkafka postpones the next fetch by
     /// `fetch.queue.backoff.ms` (default 1 s), and a restore writes more slowly than it fetches,
-    /// so it kept hitting that pause: 4.9 s of an 8.2 s restore of 1M records went waiting in
-    /// `poll` with the CPU idle. It waits 10 ms instead, and prefetches at most 16 MiB (not 64)
-    /// per restoring partition: restores run side by side. `[kafka]` and `[kafka_consumer]`
-    /// settings override both.
+    /// so it kept hitting that pause with the CPU idle. It waits 10 ms instead, and prefetches
+    /// at most 16 MiB (not 64) per restoring partition: restores run side by side. `[kafka]`
+    /// and `[kafka_consumer]` settings override both.
     pub fn restore_consumer_config(&self) -> ClientConfig {
         let mut config = self.client_config_with(&self.kafka_consumer);
         for (key, value) in RESTORE_FETCH {

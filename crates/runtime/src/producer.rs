@@ -103,8 +103,8 @@ pub fn refused_for_good(code: RDKafkaErrorCode) -> bool {
 ///
 /// rust-rdkafka's own `flush` (which `commit_transaction` calls first) polls the producer's
 /// queue in steps of 100 ms while records are outstanding. A `ThreadedProducer`'s own thread
-/// serves that queue, so each step runs its full 100 ms: measured here, it made every commit
-/// take 100 ms longer than the broker needs. Waiting here first leaves it nothing to wait for.
+/// serves that queue, so each step runs its full 100 ms, and every commit would take up to
+/// 100 ms longer than the broker needs. Waiting here first leaves it nothing to wait for.
 pub fn flush_delivered<C: ProducerContext + 'static>(
     producer: &ThreadedProducer<C>,
     timeout: Duration,
