@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 # Every test binary except the Kafka suites (`kafka*.rs`), which need the real broker.
 CHECK_TESTS := $(foreach t,$(filter-out kafka%,$(basename $(notdir $(wildcard crates/*/tests/*.rs)))),--test $(t))
 
-.PHONY: all deps native-deps build lint unit check test run simulate bench fmt
+.PHONY: all deps native-deps build lint unit check deploy-check test run simulate bench fmt
 
 all: build
 
@@ -41,7 +41,12 @@ lint: deps
 unit: deps
 	cargo test --workspace
 
-test: lint unit
+# The Dockerfile, compose file, Kubernetes manifests, dashboard and alert rules against their
+# schemas and against the metrics and configuration keys crmflow really has.
+deploy-check:
+	deploy/scripts/validate-deploy.sh
+
+test: lint deploy-check unit
 
 # The quick tier, no broker: formatting, clippy, and every unit, property and scenario test
 # (the scenarios through the core and `crmflow simulate`).
