@@ -511,7 +511,7 @@ fn context(cli: &Cli, repo: &Path, broker: &Broker) -> Vec<String> {
     vec![
         format!("Measured {date} on {cores} cores ({cpu}), broker: {broker_kind}, on the same machine; {warm_up}."),
         format!(
-            "{} partitions per topic; commit interval {} ms for both systems; crmflow max_wait_ms {}; demo stream \
+            "{} partitions per topic; commit interval {} ms for every system; crmflow max_wait_ms {}; demo stream \
              of {} companies × {} users × 5 workflows (seed {}), JSON values.",
             cli.partitions, cli.commit_interval_ms, cli.max_wait_ms, cli.companies, cli.users, cli.seed
         ),
