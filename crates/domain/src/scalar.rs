@@ -1,5 +1,6 @@
 //! Field values of CRM records and condition operands.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -30,12 +31,13 @@ impl Scalar {
         }
     }
 
-    /// The value as text, the way conditions compare strings; `None` for null.
-    pub fn as_text(&self) -> Option<String> {
+    /// The value as text, the way conditions compare strings; `None` for null. Text is
+    /// borrowed: conditions read it for every evaluated workflow.
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
         match self {
             Scalar::Null => None,
-            Scalar::Text(s) => Some(s.clone()),
-            other => Some(other.to_string()),
+            Scalar::Text(s) => Some(Cow::Borrowed(s)),
+            other => Some(Cow::Owned(other.to_string())),
         }
     }
 }

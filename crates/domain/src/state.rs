@@ -138,17 +138,30 @@ pub enum StateChange {
 pub const DEFAULT_SEEN_CAPACITY: usize = 10_000;
 
 /// All projections in memory: used by `crmflow simulate` and the tests.
+///
+/// Kept per company, each map keyed by one id, so a read borrows the ids it is given instead of
+/// building an owned key (every CRM change makes several reads).
 #[derive(Debug, Clone)]
 pub struct MemoryState {
-    integrations: HashMap<(String, String), Arc<Integration>>,
-    accounts: HashMap<(String, String, String), Account>,
-    teams: HashMap<(String, String), String>,
-    ledger: HashMap<(String, String), LedgerEntry>,
-    seen: HashSet<(String, String)>,
-    // Each company's seen ids, oldest first: each company's memory is bounded on its own, so
-    // one company's traffic never makes another's resends count as new.
-    seen_order: HashMap<String, VecDeque<String>>,
+    companies: HashMap<String, CompanyState>,
     seen_capacity: usize,
+}
+
+/// One company's projections.
+#[derive(Debug, Clone, Default)]
+struct CompanyState {
+    /// By integration id.
+    integrations: HashMap<String, Arc<Integration>>,
+    /// By integration id, then CRM user id.
+    accounts: HashMap<String, HashMap<String, Account>>,
+    /// Team by user id.
+    teams: HashMap<String, String>,
+    /// By activity id.
+    ledger: HashMap<String, LedgerEntry>,
+    /// The remembered event ids, and the same oldest first: each company's memory is bounded
+    /// on its own, so one company's traffic never makes another's resends count as new.
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
 }
 
 impl Default for MemoryState {
@@ -160,46 +173,47 @@ impl Default for MemoryState {
 impl MemoryState {
     /// An empty state that remembers at most `capacity` processed event ids of each company.
     pub fn with_seen_capacity(capacity: usize) -> Self {
-        MemoryState {
-            integrations: HashMap::new(),
-            accounts: HashMap::new(),
-            teams: HashMap::new(),
-            ledger: HashMap::new(),
-            seen: HashSet::new(),
-            seen_order: HashMap::new(),
-            seen_capacity: capacity.max(1),
-        }
+        MemoryState { companies: HashMap::new(), seen_capacity: capacity.max(1) }
+    }
+
+    fn company(&mut self, company_id: String) -> &mut CompanyState {
+        self.companies.entry(company_id).or_default()
     }
 
     /// Persists the changes of a decision.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = StateChange>) {
+        let capacity = self.seen_capacity;
         for change in changes {
             match change {
                 StateChange::PutIntegration { company_id, integration_id, integration } => {
-                    self.integrations.insert((company_id, integration_id), Arc::new(integration));
+                    self.company(company_id).integrations.insert(integration_id, Arc::new(integration));
                 }
                 StateChange::PutAccount { company_id, integration_id, crm_user_id, account } => {
-                    self.accounts.insert((company_id, integration_id, crm_user_id), account);
+                    self.company(company_id).accounts.entry(integration_id).or_default().insert(crm_user_id, account);
                 }
                 StateChange::PutTeam { company_id, user_id, team_id } => {
-                    self.teams.insert((company_id, user_id), team_id);
+                    self.company(company_id).teams.insert(user_id, team_id);
                 }
                 StateChange::RemoveTeam { company_id, user_id } => {
-                    self.teams.remove(&(company_id, user_id));
+                    if let Some(company) = self.companies.get_mut(&company_id) {
+                        company.teams.remove(&user_id);
+                    }
                 }
                 StateChange::PutLedger { company_id, activity_id, entry } => {
-                    self.ledger.insert((company_id, activity_id), entry);
+                    self.company(company_id).ledger.insert(activity_id, entry);
                 }
                 StateChange::RemoveLedger { company_id, activity_id } => {
-                    self.ledger.remove(&(company_id, activity_id));
+                    if let Some(company) = self.companies.get_mut(&company_id) {
+                        company.ledger.remove(&activity_id);
+                    }
                 }
                 StateChange::RememberEvent { company_id, event_id } => {
-                    if self.seen.insert((company_id.clone(), event_id.clone())) {
-                        let order = self.seen_order.entry(company_id.clone()).or_default();
-                        order.push_back(event_id);
-                        while order.len() > self.seen_capacity {
-                            if let Some(old) = order.pop_front() {
-                                self.seen.remove(&(company_id.clone(), old));
+                    let company = self.company(company_id);
+                    if company.seen.insert(event_id.clone()) {
+                        company.seen_order.push_back(event_id);
+                        while company.seen_order.len() > capacity {
+                            if let Some(old) = company.seen_order.pop_front() {
+                                company.seen.remove(&old);
                             }
                         }
                     }
@@ -210,19 +224,15 @@ impl MemoryState {
 
     /// Number of accepted activities currently in the ledger.
     pub fn ledger_len(&self) -> usize {
-        self.ledger.len()
+        self.companies.values().map(|c| c.ledger.len()).sum()
     }
-}
-
-fn owned(parts: &[&str; 2]) -> (String, String) {
-    (parts[0].to_owned(), parts[1].to_owned())
 }
 
 impl StateView for MemoryState {
     type Error = Infallible;
 
     fn integration(&self, company_id: &str, integration_id: &str) -> Result<Option<Arc<Integration>>, Infallible> {
-        Ok(self.integrations.get(&owned(&[company_id, integration_id])).cloned())
+        Ok(self.companies.get(company_id).and_then(|c| c.integrations.get(integration_id)).cloned())
     }
 
     fn account(
@@ -231,20 +241,20 @@ impl StateView for MemoryState {
         integration_id: &str,
         crm_user_id: &str,
     ) -> Result<Option<Account>, Infallible> {
-        let key = (company_id.to_owned(), integration_id.to_owned(), crm_user_id.to_owned());
-        Ok(self.accounts.get(&key).cloned())
+        let accounts = self.companies.get(company_id).and_then(|c| c.accounts.get(integration_id));
+        Ok(accounts.and_then(|a| a.get(crm_user_id)).cloned())
     }
 
     fn team_of(&self, company_id: &str, user_id: &str) -> Result<Option<String>, Infallible> {
-        Ok(self.teams.get(&owned(&[company_id, user_id])).cloned())
+        Ok(self.companies.get(company_id).and_then(|c| c.teams.get(user_id)).cloned())
     }
 
     fn ledger_entry(&self, company_id: &str, activity_id: &str) -> Result<Option<LedgerEntry>, Infallible> {
-        Ok(self.ledger.get(&owned(&[company_id, activity_id])).cloned())
+        Ok(self.companies.get(company_id).and_then(|c| c.ledger.get(activity_id)).cloned())
     }
 
     fn has_seen(&self, company_id: &str, event_id: &str) -> Result<bool, Infallible> {
-        Ok(self.seen.contains(&owned(&[company_id, event_id])))
+        Ok(self.companies.get(company_id).is_some_and(|c| c.seen.contains(event_id)))
     }
 }
 

@@ -23,6 +23,11 @@ impl Timestamp {
     /// Parses an RFC 3339 datetime or an ISO date; a date alone means midnight UTC.
     pub fn parse_date_or_datetime(text: &str) -> Option<Self> {
         let text = text.trim();
+        // Both forms start with the year; words (most compared text) are turned away before
+        // chrono tries its formats.
+        if !text.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-') {
+            return None;
+        }
         Self::parse_rfc3339(text).or_else(|| {
             NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .ok()

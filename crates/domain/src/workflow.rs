@@ -196,6 +196,10 @@ fn compare(field: &Scalar, value: &Scalar) -> Option<Ordering> {
     if let (Some(a), Some(b)) = (Timestamp::parse_date_or_datetime(&a), Timestamp::parse_date_or_datetime(&b)) {
         return Some(a.cmp(&b));
     }
+    if a.is_ascii() && b.is_ascii() {
+        // The same order as lowercased strings, without allocating them.
+        return Some(a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase())));
+    }
     Some(a.to_lowercase().cmp(&b.to_lowercase()))
 }
 
@@ -231,6 +235,14 @@ mod tests {
     fn dates_compare_as_instants() {
         assert!(holds("gte", "2024-05-01".into(), "2024-05-01T00:00:00Z".into()));
         assert!(holds("lt", "2024-05-02".into(), "2024-05-01T23:59:59+00:00".into()));
+    }
+
+    #[test]
+    fn text_beyond_ascii_compares_case_insensitively_too() {
+        assert!(holds("eq", "ÉCOLE".into(), "école".into()));
+        // As lowercased strings order: "zebra" < "ärger", "zurich" < "zürich".
+        assert!(holds("lt", "ÄRGER".into(), "zebra".into()));
+        assert!(holds("lt", "Zürich".into(), "zurich".into()));
     }
 
     #[test]
