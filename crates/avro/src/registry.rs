@@ -190,10 +190,12 @@ impl SchemaRegistry {
             self.current.get(&writer.event_type).ok_or_else(|| AvroError::UnknownType(writer.event_type.clone()))?;
 
         let context = |what: &str| format!("{} (written with {}): {what}", writer.event_type, writer.source);
-        let datum_reader = GenericDatumReader::builder(&writer.schema)
-            .reader_schema(&reader.schema)
-            .build()
-            .map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
+        // A datum written with the current schema needs no resolution (nearly every record):
+        // resolving it against itself would rebuild and walk the schema once more.
+        let builder = GenericDatumReader::builder(&writer.schema);
+        let datum_reader =
+            if std::ptr::eq(writer, reader) { builder.build() } else { builder.reader_schema(&reader.schema).build() }
+                .map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
         let mut input = EofTracking { rest: datum, read_past_end: false };
         let decoded = datum_reader.read_value(&mut input);
         // Checked before the decode result: apache-avro 0.22 decodes a union whose index byte is
