@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crmflow_demo::DemoConfig;
+use crmflow_testkit::{committed, end_offsets, wait_for, Broker, Topics};
 
-use crate::broker::{committed, end_offsets, Broker, RunTopics};
 use crate::load::{now_ms, produce, Pace};
-use crate::measure::Reader;
+use crate::measure::{Reader, COMMITTED_TIMEOUT};
 use crate::processor::{Instance, Settings};
+
+/// How often the instances' assignments are looked at while waiting for them.
+const POLL: Duration = Duration::from_millis(100);
 
 /// What a failover took.
 #[derive(Debug, Clone)]
@@ -57,8 +60,8 @@ pub fn run(
     rate: f64,
     warm_up: Duration,
 ) -> Result<Failover> {
-    let topics = RunTopics::new(prefix, prefix, partitions);
-    topics.create(broker, true)?;
+    let topics = Topics::prefixed(prefix, partitions);
+    topics.create(broker).context("creating the failover's topics")?;
     let reader = Reader::start(broker, &topics)?;
     let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
     std::thread::scope(|scope| {
@@ -83,28 +86,29 @@ fn take_over(
     settings: &Settings,
     work: &Path,
     group: &str,
-    topics: &RunTopics,
+    topics: &Topics,
     reader: &Reader,
     sent: &AtomicU64,
     warm_up: Duration,
 ) -> Result<Failover> {
     let mut victim = Instance::start(settings, broker, topics, group, "a", work)?;
-    wait_for("the first instance's assignment", Duration::from_secs(60), || {
+    wait_for("the first instance's assignment", Duration::from_secs(60), POLL, || {
         victim.check_running()?;
-        Ok(!victim.assigned().is_empty())
+        anyhow::Ok((!victim.assigned().is_empty()).then_some(()))
     })?;
     let mut survivor = Instance::start(settings, broker, topics, group, "b", work)?;
     let all: BTreeSet<i32> = (0..topics.partitions).collect();
-    wait_for("both instances' assignments", Duration::from_secs(90), || {
+    wait_for("both instances' assignments", Duration::from_secs(90), POLL, || {
         victim.check_running()?;
         survivor.check_running()?;
         let (a, b) = (victim.assigned(), survivor.assigned());
-        Ok(!a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.union(&b).copied().collect::<BTreeSet<_>>() == all)
+        let split = !a.is_empty() && !b.is_empty() && a.is_disjoint(&b);
+        anyhow::Ok((split && a.union(&b).copied().collect::<BTreeSet<_>>() == all).then_some(()))
     })?;
     std::thread::sleep(warm_up);
     let dead: Vec<i32> = victim.assigned().into_iter().collect();
     let crm = topics.names.crm_changes.clone();
-    let inspector = broker.inspector(group)?;
+    let inspector = broker.reader(group)?;
     let ends = end_offsets(broker, std::slice::from_ref(&crm), topics.partitions)?;
     let kill_ms = now_ms();
     let killed = Instant::now();
@@ -117,10 +121,10 @@ fn take_over(
     let deadline = killed + Duration::from_secs(180);
     while (by_offsets.len() < dead.len() || by_output.len() < dead.len()) && Instant::now() < deadline {
         survivor.check_running()?;
-        if let Some(at) = committed(&inspector, &watched) {
+        if let Ok(at) = committed(&inspector, &watched, COMMITTED_TIMEOUT) {
             let now = killed.elapsed();
             for ((topic, p), offset) in at {
-                if offset > ends.get(&(topic, p)).copied().unwrap_or(i64::MAX) {
+                if offset.unwrap_or(0) > ends.get(&(topic, p)).copied().unwrap_or(i64::MAX) {
                     by_offsets.entry(p).or_insert(now);
                 }
             }
@@ -139,15 +143,4 @@ fn take_over(
     }
     survivor.stop().context("stopping the surviving instance")?;
     Ok(Failover { partitions: dead, events_before_kill, committed: by_offsets, output: by_output })
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done()? {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }

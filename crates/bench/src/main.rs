@@ -22,7 +22,6 @@
 //! Nothing here asserts a figure: targets are printed next to the measurements.
 #![deny(missing_docs)]
 
-mod broker;
 mod core;
 mod cpu;
 mod failover;
@@ -42,8 +41,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crmflow_runtime::ProcessingGuarantee;
+use crmflow_testkit::{Broker, Topics};
 
-use crate::broker::{Broker, RunTopics, BROKER_JVM};
 use crate::load::{demo_config, now_ms, produce, Pace};
 use crate::measure::{latency, wait_processed, Reader};
 use crate::passthrough::PassThrough;
@@ -55,6 +54,19 @@ use crate::report::{FailoverRow, LatencyRow, Report, ThroughputRow};
 /// the pass-through beside it) runs as crmflow's would.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// JVM flags of the benchmark's broker unless set in the environment: the defaults of Kafka's
+/// own scripts (kafka-server-start.sh, kafka-run-class.sh), not kafka.sh's quick-start test
+/// flags, whose serial GC pauses and JIT without its optimizing tier would be measured as
+/// crmflow's latency.
+const BROKER_JVM: [(&str, &str); 2] = [
+    ("KAFKA_HEAP_OPTS", "-Xmx1G -Xms1G"),
+    (
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+         -XX:+ExplicitGCInvokesConcurrent",
+    ),
+];
 
 /// A short name of a guarantee for topic and group names.
 fn short(guarantee: ProcessingGuarantee) -> &'static str {
@@ -179,13 +191,13 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let work = work.canonicalize()?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = crmflow_testkit::repo_root();
 
     let broker = match cli.brokers.as_deref().filter(|b| !b.trim().is_empty()) {
         Some(address) => Broker::existing(address),
         None => {
             eprintln!("starting Apache Kafka (deploy/kafka/kafka.sh start)…");
-            Broker::start(&repo, &work.join("kafka"))?
+            Broker::start(&work.join("kafka"), &BROKER_JVM).context("starting the broker")?
         }
     };
     eprintln!("broker at {}; work directory {}", broker.address, work.display());
@@ -244,12 +256,12 @@ fn main() -> Result<()> {
 
     if cli.only.contains(&Part::Throughput) {
         let inputs = format!("{run_id}-tp");
-        RunTopics::new(&inputs, &inputs, cli.partitions).create(&broker, true)?;
+        Topics::prefixed(&inputs, cli.partitions).create(&broker).context("creating the backlog's topics")?;
         eprintln!("producing a backlog of {} events…", cli.events);
         let started = Instant::now();
         let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
         let pace = Pace { rate: None, count: Some(cli.events), stop: &stop, sent: &sent };
-        let produced = produce(&broker.address, &RunTopics::new(&inputs, &inputs, 1).names, demo, &pace)?;
+        let produced = produce(&broker.address, &Topics::prefixed(&inputs, 1).names, demo, &pace)?;
         eprintln!("  {produced} events in {:.1} s", started.elapsed().as_secs_f64());
         let peer = if cli.no_kstreams_peer {
             None
@@ -277,8 +289,9 @@ fn main() -> Result<()> {
                 let name = format!("{inputs}-{tag}-{}", short(guarantee));
                 // The peer reads inputs under its own prefix: it gets the same backlog again.
                 let own_inputs = system == "kafka-streams";
-                let topics = RunTopics::new(if own_inputs { &name } else { &inputs }, &name, cli.partitions);
-                topics.create(&broker, own_inputs)?;
+                let topics = Topics::new(if own_inputs { &name } else { &inputs }, &name, cli.partitions);
+                let created = if own_inputs { topics.create(&broker) } else { topics.create_outputs(&broker) };
+                created.with_context(|| format!("creating the topics of {name}"))?;
                 if own_inputs {
                     let sent = AtomicU64::new(0);
                     let pace = Pace { rate: None, count: Some(cli.events), stop: &stop, sent: &sent };
@@ -398,8 +411,8 @@ fn latency_run(
     settings: &dyn Fn(ProcessingGuarantee, u64) -> Settings,
     work: &Path,
 ) -> Result<LatencyRow> {
-    let topics = RunTopics::new(name, name, cli.partitions);
-    topics.create(broker, true)?;
+    let topics = Topics::prefixed(name, cli.partitions);
+    topics.create(broker).with_context(|| format!("creating the topics of {name}"))?;
     let reader = Reader::start(broker, &topics)?;
     let mut instance = None;
     let mut pass_through = None;

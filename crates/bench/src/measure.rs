@@ -2,7 +2,6 @@
 //! the inputs' end offsets, latency as the age of each output record (its timestamp is its
 //! input's produce time) when a read_committed consumer gets it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,8 +12,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::broker::{committed, end_offsets, Broker, RunTopics};
+use crmflow_testkit::{committed, end_offsets, Broker, Offsets, Topics};
+
 use crate::load::now_ms;
+
+/// How long the group coordinator may take to answer for a group's committed offsets; a poll
+/// that gets no answer asks again.
+pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How fast a backlog was processed.
 #[derive(Debug, Clone, Copy)]
@@ -45,20 +49,22 @@ impl Throughput {
 /// the broker has them now; `alive` is called every round and stops the wait with its error.
 pub fn wait_processed(
     broker: &Broker,
-    topics: &RunTopics,
+    topics: &Topics,
     group: &str,
     started: Instant,
     timeout: Duration,
     mut alive: impl FnMut() -> Result<()>,
 ) -> Result<Throughput> {
-    let inspector = broker.inspector(group)?;
+    let inspector = broker.reader(group)?;
     let ends = end_offsets(broker, &topics.inputs(), topics.partitions)?;
     let events: i64 = ends.values().sum();
     let partitions: Vec<(String, i32)> = ends.keys().cloned().collect();
     let mut first: Option<(Instant, i64)> = None;
     loop {
         alive()?;
-        if let Some(at) = committed(&inspector, &partitions) {
+        if let Ok(at) = committed(&inspector, &partitions, COMMITTED_TIMEOUT) {
+            // A partition the group has committed nothing of yet is at its start.
+            let at: Offsets = at.into_iter().map(|(tp, o)| (tp, o.unwrap_or(0))).collect();
             let now = Instant::now();
             let done: i64 = at.values().sum();
             if first.is_none() && done > 0 {
@@ -80,9 +86,6 @@ pub fn wait_processed(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-
-/// Offsets per topic partition.
-pub type Offsets = BTreeMap<(String, i32), i64>;
 
 /// One output record as the reader got it.
 #[derive(Debug, Clone, Copy)]
@@ -106,12 +109,9 @@ pub struct Reader {
 
 impl Reader {
     /// Starts reading every output partition of `topics` from the beginning.
-    pub fn start(broker: &Broker, topics: &RunTopics) -> Result<Reader> {
+    pub fn start(broker: &Broker, topics: &Topics) -> Result<Reader> {
         let consumer: BaseConsumer = broker
-            .client()
-            .set("group.id", "crmflow-bench-reader")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+            .reader_config("crmflow-bench-reader")
             // The broker answers a fetch at once when data is there; this only bounds how long
             // it may hold an empty one (and so how late a just-committed record can be seen).
             .set("fetch.wait.max.ms", "10")
@@ -136,7 +136,7 @@ impl Reader {
     }
 
     /// Reads on to the output topics' end offsets as they are now, then returns what was read.
-    pub fn finish(mut self, broker: &Broker, topics: &RunTopics) -> Result<Vec<Observed>> {
+    pub fn finish(mut self, broker: &Broker, topics: &Topics) -> Result<Vec<Observed>> {
         let ends = end_offsets(broker, &topics.outputs(), topics.partitions)?;
         *self.finish.lock().map_err(|_| anyhow::anyhow!("reader lock poisoned"))? = Some(ends);
         match self.thread.take().map(JoinHandle::join) {

@@ -25,8 +25,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::broker::{Broker, RunTopics};
 use crmflow_runtime::ProcessingGuarantee;
+use crmflow_testkit::{Broker, Topics};
 
 /// Records admitted per poll round, as in crmflow's loop.
 const POLL_BATCH: usize = 500;
@@ -43,7 +43,7 @@ impl PassThrough {
     /// Starts copying `topics`' inputs to its outputs in consumer group `group`.
     pub fn start(
         broker: &Broker,
-        topics: &RunTopics,
+        topics: &Topics,
         group: &str,
         guarantee: ProcessingGuarantee,
         commit_interval: Duration,

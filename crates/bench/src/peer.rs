@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crmflow_runtime::ProcessingGuarantee;
-
-use crate::broker::Broker;
+use crmflow_testkit::Broker;
 
 /// The peer, built.
 pub struct Peer {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::broker::{Broker, RunTopics};
 use crmflow_runtime::ProcessingGuarantee;
+use crmflow_testkit::{crmflow_command, Broker, Topics};
 
 /// How one crmflow instance is configured.
 #[derive(Debug, Clone)]
@@ -42,17 +42,14 @@ impl Instance {
     pub fn start(
         settings: &Settings,
         broker: &Broker,
-        topics: &RunTopics,
+        topics: &Topics,
         group: &str,
         instance_id: &str,
         work: &Path,
     ) -> Result<Instance> {
         let state = work.join(format!("{group}.{instance_id}.state"));
         let log = work.join(format!("{group}.{instance_id}.log"));
-        let mut command = Command::new(&settings.binary);
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CRMFLOW_")) {
-            command.env_remove(name);
-        }
+        let mut command = crmflow_command(&settings.binary);
         command
             .args(["--log-format", "json", "run", "--report-seconds", "5"])
             .env("CRMFLOW_BROKERS", &broker.address)

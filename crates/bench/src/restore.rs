@@ -16,8 +16,8 @@ use crmflow_domain::{LedgerEntry, Timestamp};
 use crmflow_runtime::restore::{RestoreRange, Restoring};
 use crmflow_runtime::Config;
 use crmflow_store::{StateStore, StoreOptions};
+use crmflow_testkit::Broker;
 
-use crate::broker::Broker;
 use crate::cpu::{RunCpu, RunStart};
 
 /// One restore measurement.

@@ -20,7 +20,7 @@ fn line(topic: &str, timestamp: i64, value: serde_json::Value) -> Vec<u8> {
 #[test]
 fn inputs_are_merged_by_timestamp_not_arrival() {
     let broker = kafka();
-    let topics = Topics::create(broker, "ordering", 1);
+    let topics = own_topics(broker, "ordering", 1);
     let state = tempfile::tempdir().unwrap();
     let (setup, _) = scenario("seed-walkthrough");
     // Settings and workflow of acme/sf, then a first change that provisions 005A (not on a team yet).
@@ -74,7 +74,7 @@ fn runs_in_parts(
     mut between: impl FnMut(usize, &Path, &Topics),
 ) -> String {
     let broker = kafka();
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
     let (input, expected) = scenario("seed-walkthrough");
@@ -148,7 +148,7 @@ fn a_stale_state_directory_restores_only_the_changelog_tail() {
 fn input_records_deleted_before_processing_are_skipped_and_counted() {
     let broker = kafka();
     let name = "expired";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
     let (input, _) = scenario("seed-walkthrough");
@@ -178,7 +178,7 @@ fn input_records_deleted_before_processing_are_skipped_and_counted() {
 fn records_whose_outputs_the_broker_refuses_become_dead_letters() {
     let broker = kafka();
     let name = "refused";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     // The walk-through is stamped in 2024: older than a day.
     broker.set_topic_config(&topics.names.activities_accepted, "message.timestamp.before.max.ms", "86400000");
     let (input, expected) = scenario("seed-walkthrough");
@@ -231,7 +231,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn avro_topics_give_the_same_decisions() {
     let broker = kafka();
-    let topics = Topics::create(broker, "avro", 4);
+    let topics = own_topics(broker, "avro", 4);
     let (input, expected) = scenario("owner-change");
     support::produce_paced(
         &broker.address,
@@ -267,7 +267,7 @@ fn avro_topics_give_the_same_decisions() {
 #[test]
 fn missing_output_topics_are_created_like_the_inputs() {
     let broker = kafka();
-    let topics = Topics::inputs_only(broker, "create-outputs", 3);
+    let topics = own_inputs(broker, "create-outputs", 3);
     let (input, expected) = scenario("bad-lines");
     produce_lines(broker, &topics, &input);
     let state = tempfile::tempdir().unwrap();
@@ -276,7 +276,7 @@ fn missing_output_topics_are_created_like_the_inputs() {
         Processor::start(broker, &topics, &state_dir, "create-outputs", ProcessingGuarantee::ExactlyOnce, &[]);
     wait_until_processed(broker, &topics, "create-outputs", &mut processor, Duration::from_secs(60));
     assert!(processor.stop().success(), "{}", processor.logs());
-    let counts = broker.partition_counts();
+    let counts = broker.partition_counts().unwrap();
     for topic in topics.names.outputs() {
         assert_eq!(counts.get(topic), Some(&3), "{topic} in {counts:?}\n{}", processor.logs());
     }
@@ -292,7 +292,7 @@ fn missing_output_topics_are_created_like_the_inputs() {
 fn an_oversized_bad_record_becomes_a_small_dead_letter() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let broker = kafka();
-    let topics = Topics::create(broker, "oversized", 1);
+    let topics = own_topics(broker, "oversized", 1);
     broker.set_topic_config(&topics.names.crm_changes, "max.message.bytes", "4194304");
     let (input, _) = scenario("seed-walkthrough");
     let huge = vec![b'x'; 2 * 1024 * 1024];
@@ -346,7 +346,7 @@ fn run_to_the_end(broker: &Broker, topics: &Topics, name: &str, expected: &[Enve
 fn a_dead_letter_too_large_for_its_topic_goes_out_without_its_value() {
     let broker = kafka();
     let name = "dlq-too-large";
-    let topics = Topics::create(broker, name, 1);
+    let topics = own_topics(broker, name, 1);
     broker.set_topic_config(&topics.names.dead_letters, "max.message.bytes", "100000");
     let (input, _) = scenario("seed-walkthrough");
     let mut lines = input.clone();
@@ -382,7 +382,7 @@ fn large_workflow(id: &str, bytes: usize, timestamp: i64) -> Vec<u8> {
 fn a_workflow_that_would_make_its_integration_too_large_to_store_is_set_aside() {
     let broker = kafka();
     let name = "state-too-large";
-    let topics = Topics::create(broker, name, 1);
+    let topics = own_topics(broker, name, 1);
     let (input, _) = scenario("seed-walkthrough");
     let mut lines = input.clone();
     for (i, id) in ["w-big-1", "w-big-2", "w-big-3"].into_iter().enumerate() {
@@ -412,9 +412,9 @@ fn a_workflow_that_would_make_its_integration_too_large_to_store_is_set_aside() 
 fn a_workflow_larger_than_the_changelog_topic_takes_is_set_aside() {
     let broker = kafka();
     let name = "changelog-limit";
-    let topics = Topics::create(broker, name, 1);
+    let topics = own_topics(broker, name, 1);
     let changelog = format!("{name}-projections-changelog");
-    broker.create_topics(std::slice::from_ref(&changelog), 1);
+    broker.create_topics(std::slice::from_ref(&changelog), 1).unwrap();
     broker.set_topic_configs(&changelog, &[("cleanup.policy", "compact"), ("max.message.bytes", "300000")]);
     let (input, _) = scenario("seed-walkthrough");
     let mut lines = input.clone();
@@ -438,7 +438,7 @@ fn a_workflow_larger_than_the_changelog_topic_takes_is_set_aside() {
 fn batches_stay_within_what_the_smallest_topic_takes() {
     let broker = kafka();
     let name = "small-batches";
-    let topics = Topics::create(broker, name, 1);
+    let topics = own_topics(broker, name, 1);
     broker.set_topic_config(&topics.names.activities_ignored, "max.message.bytes", "20000");
     let (input, _) = scenario("seed-walkthrough");
     let mut lines = input[..3].to_vec();
@@ -468,7 +468,7 @@ fn opportunity(company: &str, event_id: &str, won: bool, timestamp: i64) -> Vec<
 fn resends_are_recognised_among_each_companys_last_ids() {
     let broker = kafka();
     let name = "seen-per-company";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let (input, _) = scenario("seed-walkthrough");
     let as_company = |line: &Vec<u8>, company: &str| {
         String::from_utf8(line.clone()).unwrap().replace("\"acme\"", &format!("\"{company}\"")).into_bytes()
@@ -513,7 +513,7 @@ fn an_output_too_large_to_send_sets_its_record_aside() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let broker = kafka();
     let name = "oversized-output";
-    let topics = Topics::create(broker, name, 1);
+    let topics = own_topics(broker, name, 1);
     broker.set_topic_config(&topics.names.crm_changes, "max.message.bytes", "4194304");
     let (input, _) = scenario("seed-walkthrough");
     let huge_name = "x".repeat(1_100_000);
@@ -553,7 +553,7 @@ fn an_output_too_large_to_send_sets_its_record_aside() {
 #[test]
 fn replicas_sharing_an_instance_id_are_told_so() {
     let broker = kafka();
-    let topics = Topics::create(broker, "same-instance", 2);
+    let topics = own_topics(broker, "same-instance", 2);
     let (input, _) = scenario("seed-walkthrough");
     let state = tempfile::tempdir().unwrap();
     let env = [("CRMFLOW_INSTANCE_ID", "replica")];
@@ -619,7 +619,7 @@ fn a_producer_fenced_once_starts_again_and_goes_on() {
     use rdkafka::producer::{BaseProducer, Producer};
     let broker = kafka();
     let name = "fenced-once";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let (input, expected) = scenario("seed-walkthrough");
     let state = tempfile::tempdir().unwrap();
     let env = [("CRMFLOW_INSTANCE_ID", "fence-me")];

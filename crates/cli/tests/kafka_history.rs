@@ -120,7 +120,7 @@ fn keys_in(broker: &Broker, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let ends = end_offsets(broker, &[topic], partitions);
+    let ends = end_offsets(broker, &[topic], partitions).unwrap();
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
@@ -158,9 +158,9 @@ fn keys_in(broker: &Broker, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
 fn a_partition_back_from_an_owner_whose_deletions_were_compacted_restores_in_full() {
     let broker = kafka();
     let name = "compacted-deletions";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let changelog = format!("{name}-projections-changelog");
-    broker.create_topics(std::slice::from_ref(&changelog), 2);
+    broker.create_topics(std::slice::from_ref(&changelog), 2).unwrap();
     broker.set_topic_configs(
         &changelog,
         &[
@@ -238,7 +238,7 @@ fn stores_in(state_dir: &Path) -> Vec<String> {
 fn stores_of_partitions_owned_elsewhere_are_deleted_after_the_cleanup_delay() {
     let broker = kafka();
     let name = "state-cleanup";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let root = tempfile::tempdir().unwrap();
     let start =
         |id: &str| instance(broker, &topics, root.path(), name, id, &[("CRMFLOW_STATE_CLEANUP_DELAY_MS", "2000")]);
@@ -277,7 +277,7 @@ fn stores_of_partitions_owned_elsewhere_are_deleted_after_the_cleanup_delay() {
 fn a_store_from_before_a_reset_is_restored_in_full_on_any_host() {
     let broker = kafka();
     let name = "reset-elsewhere";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let root = tempfile::tempdir().unwrap();
     let start = |id: &str| instance(broker, &topics, root.path(), name, id, &[]);
     let mut old = History::new("old");
@@ -345,7 +345,7 @@ fn a_store_from_before_a_reset_is_restored_in_full_on_any_host() {
 fn at_least_once_republishes_a_round_whose_outputs_failed() {
     let broker = kafka();
     let name = "alo-failed-outputs";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let root = tempfile::tempdir().unwrap();
     let state_dir = root.path().join("state");
     let env = [("CRMFLOW_KAFKA_PRODUCER__MESSAGE_TIMEOUT_MS", "5000")];
@@ -375,7 +375,7 @@ fn at_least_once_republishes_a_round_whose_outputs_failed() {
     let failed = processor.logs();
     assert!(failed.contains("were not delivered"), "{failed}");
 
-    broker.create_topics(std::slice::from_ref(accepted), 2);
+    broker.create_topics(std::slice::from_ref(accepted), 2).unwrap();
     let mut processor = start();
     wait_until_processed(broker, &topics, name, &mut processor, Duration::from_secs(120));
     assert!(processor.stop().success(), "{}", processor.logs());
@@ -394,7 +394,7 @@ fn a_store_past_a_zombies_open_transaction_is_current() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let broker = kafka();
     let name = "zombie-changelog";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let changelog = format!("{name}-projections-changelog");
     let root = tempfile::tempdir().unwrap();
     let state_dir = root.path().join("state");

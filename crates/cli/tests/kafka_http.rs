@@ -67,7 +67,7 @@ fn crm_change(event_id: &str, object_id: &str, stage: &str, timestamp: i64) -> V
 #[test]
 fn operators_query_a_running_processor() {
     let broker = kafka();
-    let topics = Topics::create(broker, "http", 2);
+    let topics = own_topics(broker, "http", 2);
     let state = tempfile::tempdir().unwrap();
     let address = free_address();
     let (seed, _) = scenario("seed-walkthrough");
@@ -160,7 +160,7 @@ fn operators_query_a_running_processor() {
 #[test]
 fn metrics_equal_the_outputs_produced() {
     let broker = kafka();
-    let topics = Topics::create(broker, "metrics", 4);
+    let topics = own_topics(broker, "metrics", 4);
     let state = tempfile::tempdir().unwrap();
     let address = free_address();
     let (lines, expected) = generate(20_000);
@@ -236,7 +236,7 @@ fn metrics_equal_the_outputs_produced() {
 #[test]
 fn either_instance_answers_for_every_company() {
     let broker = kafka();
-    let topics = Topics::create(broker, "http-pair", 4);
+    let topics = own_topics(broker, "http-pair", 4);
     let state = tempfile::tempdir().unwrap();
     let (lines, expected) = generate(4_000);
     produce_lines(broker, &topics, &lines);
@@ -333,7 +333,7 @@ fn queries_over_a_large_ledger_run_beside_processing() {
     const DURING: usize = 20_000;
     const CLIENTS: usize = 32;
     let broker = kafka();
-    let topics = Topics::create(broker, "queries", 2);
+    let topics = own_topics(broker, "queries", 2);
     let state = tempfile::tempdir().unwrap();
     let address = free_address();
     let (seed, _) = scenario("seed-walkthrough");

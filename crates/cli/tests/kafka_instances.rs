@@ -172,7 +172,7 @@ impl Instance {
 fn instances_killed_in_turns() {
     let broker = kafka();
     let name = "instances-in-turns";
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = fewer();
     let root = work_dir(name);
     let started = Instant::now();
@@ -286,7 +286,7 @@ fn leave_pending_offsets(
 fn a_survivor_waits_out_a_dead_members_pending_offsets() {
     let broker = kafka();
     let name = "pending-offsets";
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = fewer();
     let root = work_dir(name);
     let started = Instant::now();
@@ -370,7 +370,7 @@ fn without_backtraces(log: &str) -> String {
 /// Returns what A did and A's log.
 fn zombie(name: &str, replacement_id: &str, wake: Wake) -> (Woken, String) {
     let broker = kafka();
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = fewer();
     let root = work_dir(name);
     let started = Instant::now();
@@ -488,7 +488,7 @@ fn a_zombie_with_the_replacements_instance_id_is_fenced() {
 fn a_zombie_holding_the_state_directory_stops_its_replacement_then_goes_on() {
     let broker = kafka();
     let name = "zombie-same-dir";
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = fewer();
     let root = work_dir(name);
     let dir = root.path().join("state");
@@ -559,7 +559,7 @@ enum Before {
 fn a_lost_or_stale_state_directory_is_restored_from_the_changelog() {
     let broker = kafka();
     let name = "state-dirs";
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = generated();
     let root = work_dir(name);
     let state_dir = root.path().join("state");
@@ -688,7 +688,7 @@ fn visit_group(broker: &Broker, topics: &Topics, group: &str) {
 fn a_fence_met_by_the_commit_before_a_revocation_is_survived() {
     let broker = kafka();
     let name = "fenced-at-revocation";
-    let topics = Topics::create(broker, name, PARTITIONS);
+    let topics = own_topics(broker, name, PARTITIONS);
     let (lines, expected) = fewer();
     let root = work_dir(name);
     let env = [

@@ -35,7 +35,7 @@ fn live() -> &'static Live {
     static LIVE: OnceLock<Live> = OnceLock::new();
     LIVE.get_or_init(|| {
         let broker = kafka();
-        let topics = Topics::create(broker, "ops-live", 4);
+        let topics = own_topics(broker, "ops-live", 4);
         let (lines, expected) = generate(10_000);
         produce_lines(broker, &topics, &lines);
         let dir = tempfile::tempdir().unwrap();
@@ -106,7 +106,7 @@ fn a_replay_with_unchanged_settings_diffs_empty() {
     assert!(again.contains("was used before") && again.contains("reset --shadow same"), "{again}");
     let reset = succeed(live.operate(&["reset", "--shadow", "same", "--delete-outputs"]), "reset --shadow");
     assert!(reset.contains("users.provisioned.same"), "{reset}");
-    let counts = broker.partition_counts();
+    let counts = broker.partition_counts().unwrap();
     assert!(counts.keys().all(|t| !t.ends_with(".same") && !t.contains("replay.same")), "{counts:?}");
     assert!(!live.state_dir.with_file_name("state.replay.same").exists());
 
@@ -117,7 +117,7 @@ fn a_replay_with_unchanged_settings_diffs_empty() {
     assert!(none.contains("crmflow replay --into nothing-here"), "{none}");
     // A topic named like a shadow's output, where no replay ever ran, is not crmflow's to delete.
     let lookalike = format!("{}.not-a-shadow", live.topics.names.users_provisioned);
-    broker.create_topics(std::slice::from_ref(&lookalike), 1);
+    broker.create_topics(std::slice::from_ref(&lookalike), 1).unwrap();
     let refused = fail(live.operate(&["reset", "--shadow", "not-a-shadow", "--delete-outputs"]), "reset of no shadow");
     assert!(refused.contains("not a replay shadow"), "{refused}");
     assert!(exists(broker, &lookalike), "the reset deleted a topic no replay made");
@@ -262,7 +262,7 @@ fn outputs_by_id(broker: &Broker, topics: &Topics) -> BTreeMap<String, Vec<Vec<u
 }
 
 fn exists(broker: &Broker, topic: &str) -> bool {
-    broker.partition_counts().contains_key(topic)
+    broker.partition_counts().unwrap().contains_key(topic)
 }
 
 /// Reset refuses while an instance runs (naming it), changes nothing with `--dry-run`, and
@@ -271,7 +271,7 @@ fn exists(broker: &Broker, topic: &str) -> bool {
 fn reset_to_earliest_publishes_the_same_outputs_again() {
     let broker = kafka();
     let name = "ops-reset";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let (lines, _) = generate(4_000);
     produce_lines(broker, &topics, &lines);
     let dir = tempfile::tempdir().unwrap();
@@ -319,7 +319,7 @@ fn a_replay_of_transactional_inputs_stops_by_itself() {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let broker = kafka();
     let name = "ops-txn";
-    let topics = Topics::create(broker, name, 2);
+    let topics = own_topics(broker, name, 2);
     let (generated, _) = generate(600);
     let defaults = TopicNames::default();
     let lines: Vec<Vec<u8>> = generated
@@ -384,7 +384,7 @@ fn end_offsets_count_the_records_of_an_undecided_transaction() {
     use rdkafka::Message;
     let broker = kafka();
     let topic = "ops-undecided.activities.accepted";
-    broker.create_topics(&[topic.to_owned()], 1);
+    broker.create_topics(&[topic.to_owned()], 1).unwrap();
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("transactional.id", "ops-undecided-producer")
@@ -402,7 +402,7 @@ fn end_offsets_count_the_records_of_an_undecided_transaction() {
     let ends = ops.end_offsets(&[topic]).unwrap();
     let key = (topic.to_owned(), 0);
     assert_eq!(ends[&key], 3, "crmflow's operator commands");
-    assert_eq!(end_offsets(broker, &[topic], 1)[&key], 3, "the tests' output reader");
+    assert_eq!(end_offsets(broker, &[topic], 1).unwrap()[&key], 3, "the tests' output reader");
 
     producer.commit_transaction(Duration::from_secs(30)).unwrap();
     let mut read = Vec::new();

@@ -39,7 +39,7 @@ struct Case {
 
 fn run_case(case: Case) {
     let broker = kafka();
-    let topics = Topics::create(broker, case.name, PARTITIONS);
+    let topics = own_topics(broker, case.name, PARTITIONS);
     let (lines, expected) = generated();
     let dead = expected.iter().filter(|e| e.topic == "crmflow.dlq").count();
     assert!(lines.len() > EVENTS && dead > EVENTS / 100, "{} lines, {dead} dead letters", lines.len());
@@ -137,7 +137,7 @@ fn live_at_least_once_killed_repeatedly() {
 #[test]
 fn rebalances_do_not_change_decisions() {
     let broker = kafka();
-    let topics = Topics::create(broker, "rebalance", PARTITIONS);
+    let topics = own_topics(broker, "rebalance", PARTITIONS);
     let (lines, expected) = generated();
     let state = tempfile::tempdir().unwrap();
     let group = "rebalance";

@@ -52,7 +52,7 @@ fn unreachable_brokers_fail_after_a_bounded_wait() {
 
 #[test]
 fn inputs_that_are_not_co_partitioned_are_refused() {
-    let broker = Broker::mock(4, &["teams.narrow:2"]);
+    let broker = mock_broker(4, &["teams.narrow:2"]);
     let output =
         run(&[], &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__TEAM_ASSIGNMENTS", "teams.narrow")]);
     assert_fails_with(&output, "not co-partitioned");
@@ -62,7 +62,7 @@ fn inputs_that_are_not_co_partitioned_are_refused() {
 
 #[test]
 fn a_missing_input_topic_is_named() {
-    let broker = Broker::mock(2, &[]);
+    let broker = mock_broker(2, &[]);
     let output = run(&[], &[("CRMFLOW_BROKERS", &broker.address), ("CRMFLOW_TOPICS__CRM_CHANGES", "nope.changes")]);
     assert_fails_with(&output, "nope.changes");
 }

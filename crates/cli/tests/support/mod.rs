@@ -1,29 +1,30 @@
 //! Shared harness of the Kafka tests: the real Apache Kafka broker started by the project's own
 //! script (one per test binary), each test on its own topics and group, the processor as a child
 //! process, and outputs read back to the end offsets and checked against `crmflow simulate`.
+//!
+//! The broker, topics and offsets are `crmflow-testkit`'s, which the bench shares; what is
+//! here is only the tests'.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::{AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
-use tempfile::TempDir;
 
 use crmflow_avro::SchemaRegistry;
 use crmflow_codec::{decode_output, Encoding, Envelope, TopicNames};
 pub use crmflow_runtime::ProcessingGuarantee;
+pub use crmflow_testkit::{committed, crmflow_command, end_offsets, Broker, Topics};
 
 /// The crmflow binary under test.
 pub const CRMFLOW: &str = env!("CARGO_BIN_EXE_crmflow");
@@ -34,38 +35,10 @@ fn run_binary() -> String {
     std::env::var("TEST_CRMFLOW_BIN").unwrap_or_else(|_| CRMFLOW.to_owned())
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A command for a crmflow binary without the test's own `CRMFLOW_` variables (`CRMFLOW_BLESS`,
-/// say), which crmflow would read as configuration: each test sets what it means.
-pub fn crmflow_command(binary: &str) -> Command {
-    let mut command = Command::new(binary);
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CRMFLOW_")) {
-        command.env_remove(name);
-    }
-    command
-}
-
-/// A broker process, killed on drop.
-pub struct Broker {
-    child: Child,
-    /// Bootstrap address.
-    pub address: String,
-    _dir: Option<TempDir>,
-}
-
 /// Polls `probe` until it returns something; fails after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crmflow_testkit::wait_for(what, timeout, Duration::from_millis(50), || Ok::<_, crmflow_testkit::Error>(probe()))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 static KAFKA: OnceLock<Broker> = OnceLock::new();
@@ -73,100 +46,66 @@ static KAFKA: OnceLock<Broker> = OnceLock::new();
 /// The real Apache Kafka broker of this test binary, started on first use by
 /// `deploy/kafka/kafka.sh` (which stops it when this process exits).
 pub fn kafka() -> &'static Broker {
-    KAFKA.get_or_init(Broker::start_kafka)
+    KAFKA.get_or_init(start_kafka)
 }
 
-impl Broker {
-    fn start_kafka() -> Broker {
-        // Under the target directory, per test binary: the broker outlives this process by a
-        // moment (its script stops it once we are gone), so no temporary directory could be
-        // removed in time; the next start of this binary's broker wipes it.
-        let exe = std::env::current_exe().unwrap().file_stem().unwrap().to_string_lossy().into_owned();
-        // `kafka_scale-<hash>`: one directory per test file, whatever the build.
-        let binary = exe.rsplit_once('-').map_or(exe.as_str(), |(name, _)| name);
-        let broker_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka").join(binary);
-        fs::create_dir_all(&broker_dir).unwrap();
-        let log = broker_dir.with_extension("log");
-        let mut child = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
-            .arg("start")
-            .arg(&broker_dir)
-            .env("KAFKA_PARENT_PID", std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting deploy/kafka/kafka.sh");
-        let mut address = String::new();
-        let stdout = child.stdout.take().unwrap();
-        BufReader::new(stdout).read_line(&mut address).unwrap();
-        let address = address.trim().to_owned();
-        assert!(
-            !address.is_empty(),
-            "deploy/kafka/kafka.sh did not start the broker:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        Broker { child, address, _dir: None }
-    }
-
-    /// Starts `crmflow dev-broker` (librdkafka's mock cluster) with every default topic, plus
-    /// extra `name:partitions` topics: for start-up checks that need no transactions.
-    pub fn mock(partitions: i32, extra_topics: &[&str]) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let address_file = dir.path().join("address");
-        let mut command = Command::new(CRMFLOW);
-        command
-            .args(["dev-broker", "--partitions", &partitions.to_string(), "--address-file"])
-            .arg(&address_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for topic in extra_topics {
-            command.args(["--topic", topic]);
-        }
-        let child = command.spawn().expect("starting crmflow dev-broker");
-        let address = wait_for("the dev broker's address", Duration::from_secs(20), || {
-            fs::read_to_string(&address_file).ok().filter(|a| !a.is_empty())
-        });
-        Broker { child, address, _dir: Some(dir) }
-    }
-
-    /// Partition count of each topic that exists, by name.
-    pub fn partition_counts(&self) -> BTreeMap<String, usize> {
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
-        metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .map(|t| (t.name().to_owned(), t.partitions().len()))
-            .collect()
-    }
-
-    /// Creates topics through the admin API.
-    pub fn create_topics(&self, names: &[String], partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let topics: Vec<NewTopic> =
-            names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = runtime.block_on(admin.create_topics(&topics, &options)).expect("creating topics");
-        for result in results {
-            if let Err((topic, code)) = result {
-                assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {topic}");
-            }
-        }
-        wait_for("the topics' metadata", Duration::from_secs(30), || {
-            let counts = self.partition_counts();
-            names.iter().all(|n| counts.get(n) == Some(&(partitions as usize))).then_some(())
-        });
-    }
+fn start_kafka() -> Broker {
+    // Under the target directory, per test binary: the broker outlives this process by a
+    // moment (its script stops it once we are gone), so no temporary directory could be
+    // removed in time; the next start of this binary's broker wipes it.
+    let exe = std::env::current_exe().unwrap().file_stem().unwrap().to_string_lossy().into_owned();
+    // `kafka_scale-<hash>`: one directory per test file, whatever the build.
+    let binary = exe.rsplit_once('-').map_or(exe.as_str(), |(name, _)| name);
+    let broker_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka").join(binary);
+    Broker::start(&broker_dir, &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_topic_creation_timeout(Duration::from_secs(10))
 }
 
-impl Broker {
+/// Starts `crmflow dev-broker` (librdkafka's mock cluster) with every default topic, plus
+/// extra `name:partitions` topics: for start-up checks that need no transactions.
+pub fn mock_broker(partitions: i32, extra_topics: &[&str]) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let address_file = dir.path().join("address");
+    let mut command = Command::new(CRMFLOW);
+    command
+        .args(["dev-broker", "--partitions", &partitions.to_string(), "--address-file"])
+        .arg(&address_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for topic in extra_topics {
+        command.args(["--topic", topic]);
+    }
+    let child = command.spawn().expect("starting crmflow dev-broker");
+    let address = wait_for("the dev broker's address", Duration::from_secs(20), || {
+        fs::read_to_string(&address_file).ok().filter(|a| !a.is_empty())
+    });
+    Broker::adopt(child, address)
+}
+
+/// Admin requests only the tests make, on the shared broker.
+pub trait TestAdmin {
     /// Kafka's own account of the producers (and their open transactions) of a partition, for
     /// failure messages.
-    pub fn describe_producers(&self, topic: &str, partition: i32) -> String {
-        let output = Command::new(repo_root().join("deploy/kafka/kafka.sh"))
+    fn describe_producers(&self, topic: &str, partition: i32) -> String;
+    /// Grows a topic to `total` partitions.
+    fn add_partitions(&self, topic: &str, total: usize);
+    /// Deletes a topic, and waits until the metadata no longer shows it.
+    fn delete_topic(&self, topic: &str);
+    /// Deletes every record of every partition of `topic` (as retention would, in time).
+    fn delete_all_records(&self, topic: &str);
+    /// Sets one configuration property of a topic (and resets the others it had set: Kafka's
+    /// AlterConfigs replaces a topic's whole configuration).
+    fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        self.set_topic_configs(topic, &[(key, value)]);
+    }
+    /// Sets a topic's configuration to these properties (the others go back to their defaults).
+    fn set_topic_configs(&self, topic: &str, properties: &[(&str, &str)]);
+}
+
+impl TestAdmin for Broker {
+    fn describe_producers(&self, topic: &str, partition: i32) -> String {
+        let output = Command::new(crmflow_testkit::kafka_script())
             .args(["tool", "TransactionsCommand", "--bootstrap-server", &self.address, "describe-producers"])
             .args(["--topic", topic, "--partition", &partition.to_string()])
             .output();
@@ -176,145 +115,53 @@ impl Broker {
         }
     }
 
-    /// Grows a topic to `total` partitions.
-    pub fn add_partitions(&self, topic: &str, total: usize) {
-        use rdkafka::admin::NewPartitions;
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let results = runtime
-            .block_on(admin.create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new()))
-            .unwrap();
+    fn add_partitions(&self, topic: &str, total: usize) {
+        let (grow, options) = ([NewPartitions::new(topic, total)], AdminOptions::new());
+        let results = self.admin().unwrap().run(|a| a.create_partitions(&grow, &options)).unwrap();
         assert!(results.iter().all(Result::is_ok), "adding partitions to {topic}: {results:?}");
     }
 
-    /// Deletes a topic, and waits until the metadata no longer shows it.
-    pub fn delete_topic(&self, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let results = runtime.block_on(admin.delete_topics(&[topic], &AdminOptions::new())).unwrap();
+    fn delete_topic(&self, topic: &str) {
+        let results = self.admin().unwrap().run(|a| a.delete_topics(&[topic], &AdminOptions::new())).unwrap();
         assert!(results.iter().all(Result::is_ok), "deleting {topic}: {results:?}");
         wait_for(&format!("{topic} deleted"), Duration::from_secs(30), || {
-            (!self.partition_counts().contains_key(topic)).then_some(())
+            (!self.partition_counts().unwrap().contains_key(topic)).then_some(())
         });
     }
 
-    /// Deletes every record of every partition of `topic` (as retention would, in time).
-    pub fn delete_all_records(&self, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let partitions = self.partition_counts()[topic];
-        let mut offsets = rdkafka::TopicPartitionList::new();
+    fn delete_all_records(&self, topic: &str) {
+        let partitions = self.partition_counts().unwrap()[topic];
+        let mut offsets = TopicPartitionList::new();
         for partition in 0..partitions as i32 {
-            offsets.add_partition_offset(topic, partition, rdkafka::Offset::End).unwrap();
+            offsets.add_partition_offset(topic, partition, Offset::End).unwrap();
         }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let result = runtime.block_on(admin.delete_records(&offsets, &AdminOptions::new())).unwrap();
+        let result = self.admin().unwrap().run(|a| a.delete_records(&offsets, &AdminOptions::new())).unwrap();
         assert!(result.elements().iter().all(|e| e.error().is_ok()), "deleting the records of {topic}: {result:?}");
     }
 
-    /// Sets one configuration property of a topic (and resets the others it had set: Kafka's
-    /// AlterConfigs replaces a topic's whole configuration).
-    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
-        self.set_topic_configs(topic, &[(key, value)]);
-    }
-
-    /// Sets a topic's configuration to these properties (the others go back to their defaults).
-    pub fn set_topic_configs(&self, topic: &str, properties: &[(&str, &str)]) {
-        use rdkafka::admin::{AlterConfig, ResourceSpecifier};
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.address).create().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    fn set_topic_configs(&self, topic: &str, properties: &[(&str, &str)]) {
         let change = properties
             .iter()
             .fold(AlterConfig::new(ResourceSpecifier::Topic(topic)), |change, (key, value)| change.set(key, value));
-        let results = runtime.block_on(admin.alter_configs(&[change], &AdminOptions::new())).unwrap();
+        let (changes, options) = ([change], AdminOptions::new());
+        let results = self.admin().unwrap().run(|a| a.alter_configs(&changes, &options)).unwrap();
         assert!(results.iter().all(Result::is_ok), "setting {properties:?} of {topic}: {results:?}");
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
+/// One test's own topics on the shared broker, crmflow's names behind `prefix`: creates the
+/// inputs and outputs of a test named `prefix` on `broker`.
+pub fn own_topics(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
+    let topics = Topics::prefixed(prefix, partitions);
+    topics.create(broker).unwrap();
+    topics
 }
 
-/// One test's own topics on the shared broker: crmflow's names behind a prefix.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    /// The names, in crmflow's configuration form.
-    pub names: TopicNames,
-    prefix: String,
-    /// Partitions of every topic.
-    pub partitions: i32,
-}
-
-impl Topics {
-    /// Creates the inputs and outputs of a test named `prefix` on `broker`.
-    pub fn create(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
-        let topics = Topics::inputs_only(broker, prefix, partitions);
-        let outputs: Vec<String> = topics.names.outputs().iter().map(|t| t.to_string()).collect();
-        broker.create_topics(&outputs, partitions);
-        topics
-    }
-
-    /// crmflow's default topic names, created elsewhere (on a mock cluster in the test process).
-    pub fn defaults(partitions: i32) -> Topics {
-        Topics { names: TopicNames::default(), prefix: String::new(), partitions }
-    }
-
-    /// Creates only the inputs (crmflow creates the outputs).
-    pub fn inputs_only(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
-        let d = TopicNames::default();
-        let p = |name: &str| format!("{prefix}.{name}");
-        let names = TopicNames {
-            crm_changes: p(&d.crm_changes),
-            integration_settings: p(&d.integration_settings),
-            team_assignments: p(&d.team_assignments),
-            users_provisioned: p(&d.users_provisioned),
-            activities_accepted: p(&d.activities_accepted),
-            activities_ignored: p(&d.activities_ignored),
-            dead_letters: p(&d.dead_letters),
-        };
-        let inputs: Vec<String> = names.inputs().iter().map(|(_, t)| t.to_string()).collect();
-        broker.create_topics(&inputs, partitions);
-        Topics { names, prefix: prefix.to_owned(), partitions }
-    }
-
-    /// The `CRMFLOW_TOPICS__…` overrides that point crmflow at these topics.
-    pub fn env(&self) -> Vec<(String, String)> {
-        let n = &self.names;
-        [
-            ("CRM_CHANGES", &n.crm_changes),
-            ("INTEGRATION_SETTINGS", &n.integration_settings),
-            ("TEAM_ASSIGNMENTS", &n.team_assignments),
-            ("USERS_PROVISIONED", &n.users_provisioned),
-            ("ACTIVITIES_ACCEPTED", &n.activities_accepted),
-            ("ACTIVITIES_IGNORED", &n.activities_ignored),
-            ("DEAD_LETTERS", &n.dead_letters),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("CRMFLOW_TOPICS__{k}"), v.clone()))
-        .collect()
-    }
-
-    /// crmflow's default name of one of these topics (scenario files use the defaults).
-    fn default_name(&self, topic: &str) -> String {
-        if self.prefix.is_empty() {
-            return topic.to_owned();
-        }
-        topic.strip_prefix(&format!("{}.", self.prefix)).unwrap_or(topic).to_owned()
-    }
-
-    /// This test's name of a default topic name.
-    fn own_name(&self, default: &str) -> String {
-        if self.prefix.is_empty() {
-            return default.to_owned();
-        }
-        format!("{}.{default}", self.prefix)
-    }
+/// Like [`own_topics`], but creates only the inputs (crmflow creates the outputs).
+pub fn own_inputs(broker: &Broker, prefix: &str, partitions: i32) -> Topics {
+    let topics = Topics::prefixed(prefix, partitions);
+    topics.create_inputs(broker).unwrap();
+    topics
 }
 
 /// `crmflow run` as a child process with its configuration in the environment.
@@ -335,7 +182,7 @@ impl Processor {
         env: &[(&str, &str)],
     ) -> Processor {
         let log = next_free(state_dir);
-        let mut command = crmflow_command(&run_binary());
+        let mut command = crmflow_command(run_binary());
         command
             .args(["run", "--report-seconds", "1"])
             .env("CRMFLOW_BROKERS", &broker.address)
@@ -481,31 +328,27 @@ pub fn produce_paced(
             producer.poll(wait);
         }
         sent.store(i + 1, Ordering::SeqCst);
-        match serde_json::from_slice::<Envelope>(line) {
-            Ok(envelope) if defaults.input_stream(&envelope.topic).is_some() => {
-                let payload = match encoding {
-                    Encoding::Json => serde_json::to_vec(&envelope.value).unwrap(),
-                    // Values that do not fit the schema cannot be written as Avro; send their JSON,
-                    // which the Avro decoder rejects as not single-object encoded.
-                    Encoding::Avro => SchemaRegistry::bundled()
-                        .encode(&envelope.value)
-                        .unwrap_or_else(|_| serde_json::to_vec(&envelope.value).unwrap()),
-                };
-                let topic = topics.own_name(&envelope.topic);
-                let mut record: BaseRecord<'_, str, [u8]> =
-                    BaseRecord::to(&topic).payload(&payload[..]).timestamp(envelope.timestamp);
-                if let Some(key) = &envelope.key {
-                    record = record.key(key.as_str());
-                }
-                send(&producer, record);
-                last_timestamp = envelope.timestamp;
-            }
-            Ok(_) => {}
-            Err(_) => send(
-                &producer,
-                BaseRecord::<str, [u8]>::to(&topics.names.crm_changes).payload(&line[..]).timestamp(last_timestamp),
-            ),
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(line) else {
+            let raw = BaseRecord::<str, [u8]>::to(&topics.names.crm_changes).payload(&line[..]);
+            send(&producer, raw.timestamp(last_timestamp));
+            continue;
+        };
+        let Some(stream) = defaults.input_stream(&envelope.topic) else { continue };
+        let payload = match encoding {
+            Encoding::Json => serde_json::to_vec(&envelope.value).unwrap(),
+            // Values that do not fit the schema cannot be written as Avro; send their JSON,
+            // which the Avro decoder rejects as not single-object encoded.
+            Encoding::Avro => SchemaRegistry::bundled()
+                .encode(&envelope.value)
+                .unwrap_or_else(|_| serde_json::to_vec(&envelope.value).unwrap()),
+        };
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(topics.names.input_topic(stream)).payload(&payload[..]).timestamp(envelope.timestamp);
+        if let Some(key) = &envelope.key {
+            record = record.key(key.as_str());
         }
+        send(&producer, record);
+        last_timestamp = envelope.timestamp;
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }
@@ -520,42 +363,6 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
             }
         }
     }
-}
-
-/// A consumer of `address` that reads committed data only.
-fn reader(address: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", address)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap()
-}
-
-/// The end offset (high watermark) of every partition of `topics`: the offset after the last
-/// record written, whether or not its transaction is decided yet.
-///
-/// Not what a read_committed client reports: librdkafka answers such a client with the last
-/// stable offset. The broker writes a transaction's markers after the commit returns, one
-/// partition at a time, so for a moment the group's offsets are committed while an output
-/// partition's stable offset still stands before the round's records: a reader that stops there
-/// misses them. A read_committed reader that reads on to the high watermark has read every
-/// record of decided transactions.
-pub fn end_offsets(broker: &Broker, topics: &[&str], partitions: i32) -> BTreeMap<(String, i32), i64> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
-    let mut ends = BTreeMap::new();
-    for topic in topics {
-        for p in 0..partitions {
-            let (_, high) = client.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-            ends.insert((topic.to_string(), p), high);
-        }
-    }
-    ends
 }
 
 /// Waits until the group has committed offsets at the end of every input partition: everything
@@ -590,9 +397,8 @@ pub struct Consumed {
 /// Reads every committed record of the output and dead-letter topics, from the start to the end
 /// offsets as they are now (not "until N records came").
 pub fn read_outputs(broker: &Broker, topics: &Topics) -> Vec<Consumed> {
-    let consumer = reader(&broker.address, "crmflow-test-reader");
-    let outputs = topics.names.outputs();
-    let ends = end_offsets(broker, &outputs, topics.partitions);
+    let consumer = broker.reader("crmflow-test-reader").unwrap();
+    let ends = end_offsets(broker, &topics.outputs(), topics.partitions).unwrap();
     let mut assignment = TopicPartitionList::new();
     for (topic, partition) in ends.keys() {
         assignment.add_partition_offset(topic, *partition, Offset::Beginning).unwrap();
@@ -640,7 +446,7 @@ pub fn read_outputs(broker: &Broker, topics: &Topics) -> Vec<Consumed> {
                     })
                     .unwrap_or_default();
                 records.push(Consumed {
-                    topic: topics.default_name(m.topic()),
+                    topic: topics.default_name(m.topic()).unwrap_or_else(|| m.topic().to_owned()),
                     partition: m.partition(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().unwrap_or_default().to_vec(),
@@ -682,7 +488,7 @@ pub fn scenario_names() -> Vec<String> {
 }
 
 fn scenarios_dir() -> PathBuf {
-    repo_root().join("tests/scenarios")
+    crmflow_testkit::repo_root().join("tests/scenarios")
 }
 
 /// Dead letters whose source is an input topic: the only ones a Kafka run can reproduce.
@@ -847,7 +653,7 @@ macro_rules! scenario_tests {
 /// Plays one scenario through the real broker under exactly-once and checks every output.
 pub fn play_scenario(name: &str) {
     let broker = kafka();
-    let topics = Topics::create(broker, &format!("scenario-{name}"), 4);
+    let topics = own_topics(broker, &format!("scenario-{name}"), 4);
     let (input, expected) = scenario(name);
     let expected = reproducible(&expected);
     produce_lines(broker, &topics, &input);
@@ -911,13 +717,8 @@ pub fn wait_until_processed_by(
     members: &mut [&mut Processor],
     timeout: Duration,
 ) {
-    let consumer = reader(&broker.address, group);
-    let inputs: Vec<&str> = topics.names.inputs().iter().map(|(_, t)| *t).collect();
-    let ends = end_offsets(broker, &inputs, topics.partitions);
-    let mut wanted = TopicPartitionList::new();
-    for (topic, partition) in ends.keys() {
-        wanted.add_partition(topic, *partition);
-    }
+    let consumer = broker.reader(group).unwrap();
+    let ends = end_offsets(broker, &topics.inputs(), topics.partitions).unwrap();
     let all_logs = |members: &[&mut Processor]| members.iter().map(|m| m.logs()).collect::<Vec<_>>().join("\n---\n");
     let deadline = Instant::now() + timeout;
     loop {
@@ -930,20 +731,15 @@ pub fn wait_until_processed_by(
                 );
             }
         }
-        let Ok(committed) = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) else {
+        let Ok(committed) = committed(&consumer, ends.keys(), Duration::from_secs(10)) else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
-        let behind: Vec<String> = committed
-            .elements()
+        let behind: Vec<String> = ends
             .iter()
-            .filter_map(|e| {
-                let end = ends[&(e.topic().to_owned(), e.partition())];
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                (at < end).then(|| format!("{} [{}] at {at} of {end}", e.topic(), e.partition()))
+            .filter_map(|((topic, partition), end)| {
+                let at = committed.get(&(topic.clone(), *partition)).copied().flatten().unwrap_or(0);
+                (at < *end).then(|| format!("{topic} [{partition}] at {at} of {end}"))
             })
             .collect();
         if behind.is_empty() {
@@ -1025,23 +821,9 @@ pub fn operate(
 
 /// The committed offsets of `group` on every input partition of `topics` (-1: none).
 pub fn committed_inputs(broker: &Broker, topics: &Topics, group: &str) -> BTreeMap<(String, i32), i64> {
-    let consumer = reader(&broker.address, group);
-    let mut wanted = TopicPartitionList::new();
-    for (_, topic) in topics.names.inputs() {
-        for partition in 0..topics.partitions {
-            wanted.add_partition(topic, partition);
-        }
-    }
-    let committed = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let offset = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            };
-            ((e.topic().to_owned(), e.partition()), offset)
-        })
-        .collect()
+    let consumer = broker.reader(group).unwrap();
+    let inputs: Vec<(String, i32)> =
+        topics.inputs().into_iter().flat_map(|topic| (0..topics.partitions).map(move |p| (topic.clone(), p))).collect();
+    let committed = committed(&consumer, &inputs, Duration::from_secs(10)).unwrap();
+    committed.into_iter().map(|(partition, offset)| (partition, offset.unwrap_or(-1))).collect()
 }
