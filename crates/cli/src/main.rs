@@ -259,7 +259,9 @@ fn main() -> Result<()> {
             let mut observer = LogObserver;
             with_shutdown(|shutdown| {
                 crmflow_runtime::run(config, shutdown, &watch, &mut observer).context("crmflow run stopped")
-            })?;
+            })
+            // Also as a log line, so a log pipeline (`--log-format json`) sees why it stopped.
+            .inspect_err(|e| tracing::error!("{e:#}"))?;
             Ok(())
         }
         Command::Replay { config, brokers, from, into, settings, report_seconds } => {

@@ -79,12 +79,16 @@ fn logs_can_be_json_lines() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let logs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
-    assert!(!logs.is_empty(), "no JSON log lines in:\n{stderr}");
-    for line in logs {
-        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(value.get("level").is_some(), "{line}");
-    }
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(logs.iter().all(|l| l.get("level").is_some()), "{stderr}");
+    // The start and the reason it stopped are log lines whatever librdkafka said meanwhile.
+    let messages: Vec<&str> = logs.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    assert!(messages.contains(&"connecting to Kafka"), "{stderr}");
+    assert!(messages.iter().any(|m| m.contains("cannot reach Kafka")), "{stderr}");
 }
 
 /// `exactly_once` against brokers that do not offer transactions (librdkafka's mock cluster, in

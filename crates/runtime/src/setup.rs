@@ -13,6 +13,7 @@ use crate::error::RunError;
 /// Fetches cluster metadata, retrying until the start-up time-out.
 pub fn wait_for_brokers<C: ConsumerContext>(consumer: &BaseConsumer<C>, config: &Config) -> Result<Metadata, RunError> {
     let deadline = Instant::now() + Duration::from_millis(config.startup_timeout_ms);
+    tracing::info!(brokers = %config.brokers, timeout_ms = config.startup_timeout_ms, "connecting to Kafka");
     loop {
         match consumer.fetch_metadata(None, Duration::from_secs(2)) {
             Ok(metadata) if !metadata.brokers().is_empty() => return Ok(metadata),
