@@ -2,9 +2,11 @@
 //! and a group's committed offsets.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Broker, Error};
@@ -31,13 +33,38 @@ pub fn end_offsets(broker: &Broker, topics: &[impl AsRef<str>], partitions: i32)
     for topic in topics {
         let topic = topic.as_ref();
         for p in 0..partitions {
-            let (_, high) = client
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
+            let high = high_watermark(&client, topic, p)
                 .map_err(Error::kafka(format!("reading the end offset of {topic} [{p}]")))?;
             ends.insert((topic.to_owned(), p), high);
         }
     }
     Ok(ends)
+}
+
+/// A partition's high watermark, asked again for up to 30 s while the broker says it does not
+/// lead the partition yet: right after a topic is created, its leadership reaches the broker's
+/// metadata a moment after the topic shows in a client's.
+fn high_watermark(client: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if not_led_yet(&e) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a request failed because the partition's leadership is not settled yet.
+fn not_led_yet(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 /// The committed offsets of `consumer`'s group on `partitions`, `None` where the group has
@@ -65,4 +92,17 @@ pub fn committed<'a>(
             ((e.topic().to_owned(), e.partition()), at)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unsettled_leadership_is_asked_again() {
+        assert!(not_led_yet(&KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition)));
+        assert!(not_led_yet(&KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable)));
+        assert!(!not_led_yet(&KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(!not_led_yet(&KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed)));
+    }
 }
