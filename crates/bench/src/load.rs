@@ -49,9 +49,11 @@ pub struct Pace<'a> {
 /// Produces the demo stream to the input topics of `topics` at `pace`, then flushes; returns how
 /// many events were produced.
 pub fn produce(brokers: &str, topics: &TopicNames, demo: DemoConfig, pace: &Pace<'_>) -> Result<u64> {
+    // Idempotent: a retried batch never lands behind later ones (the stream's order is kept).
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
         .create()
         .context("creating the load producer")?;
     let started = Instant::now();

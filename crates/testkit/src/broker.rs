@@ -136,8 +136,9 @@ impl Broker {
     }
 
     /// Creates topics with `partitions` partitions each (one that exists already is left as it
-    /// is), and waits up to 30 s until the metadata shows every one of them with its partitions:
-    /// a client that asks sooner may be told the topic does not exist.
+    /// is), and waits up to 30 s until the metadata shows every one of them with its partitions,
+    /// each with a leader: a client that asks sooner may be told the topic does not exist, or
+    /// that the broker does not lead the partition yet.
     pub fn create_topics(&self, names: &[String], partitions: i32) -> Result<(), Error> {
         let admin = self.admin()?;
         let topics: Vec<NewTopic> =
@@ -157,11 +158,24 @@ impl Broker {
             Duration::from_secs(30),
             Duration::from_millis(50),
             || {
-                let counts = partition_counts(&probe)?;
-                Ok::<_, Error>(names.iter().all(|n| counts.get(n) == Some(&(partitions as usize))).then_some(()))
+                let led = led_partition_counts(&probe)?;
+                Ok::<_, Error>(names.iter().all(|n| led.get(n) == Some(&(partitions as usize))).then_some(()))
             },
         )
     }
+}
+
+/// Per topic, how many of its partitions have a leader.
+fn led_partition_counts(client: &BaseConsumer) -> Result<BTreeMap<String, usize>, Error> {
+    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).map_err(Error::kafka("fetching metadata"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| {
+            (t.name().to_owned(), t.partitions().iter().filter(|p| p.error().is_none() && p.leader() >= 0).count())
+        })
+        .collect())
 }
 
 fn partition_counts(client: &BaseConsumer) -> Result<BTreeMap<String, usize>, Error> {

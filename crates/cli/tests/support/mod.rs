@@ -317,8 +317,14 @@ pub fn produce_paced(
     sent: &AtomicUsize,
 ) {
     let started = Instant::now();
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", address).set("linger.ms", "5").create().unwrap();
+    // Idempotent, as a connector should be: a batch retried after an error (a new topic's
+    // leadership settling) must not land behind later ones, or simulate's order is not Kafka's.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
     let defaults = TopicNames::default();
     let mut last_timestamp = 0;
     for (i, line) in lines.iter().enumerate() {
