@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 # Every test binary except the Kafka suites (`kafka*.rs`), which need the real broker.
 CHECK_TESTS := $(foreach t,$(filter-out kafka%,$(basename $(notdir $(wildcard crates/*/tests/*.rs)))),--test $(t))
 
-.PHONY: all deps native-deps build lint unit check deploy-check test run simulate bench fmt
+.PHONY: all deps native-deps build lint unit check deploy-check test run simulate bench fmt fuzz fuzz-smoke
 
 all: build
 
@@ -74,3 +74,11 @@ bench: deps
 
 fmt:
 	cargo fmt --all
+
+# Every decoder's cargo-fuzz target (fuzz/) for FUZZ_SECONDS each; fails on any crash.
+FUZZ_SECONDS ?= 300
+fuzz:
+	deploy/scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	deploy/scripts/fuzz.sh 60
