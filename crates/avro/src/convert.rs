@@ -16,6 +16,10 @@ use apache_avro::types::Value as AvroValue;
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Map, Number, Value as JsonValue};
 
+/// The `timestamp-millis` values RFC 3339 can write in UTC (0000-01-01 to 9999-12-31): only
+/// these are read or written, so every timestamp crmflow takes it can also give back.
+const WRITABLE_MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
 /// Where in an event a value sits. A borrowed linked list, so that descending into a field
 /// allocates nothing; it is rendered only when an error needs it.
 #[derive(Clone, Copy)]
@@ -146,7 +150,11 @@ pub(crate) fn json_to_avro(
                 Violation::new(path, format!("expected an RFC 3339 timestamp, got {}: {e}", describe(json)))
             })?;
             // Sub-millisecond digits are truncated: the Avro field holds milliseconds.
-            Ok(AvroValue::TimestampMillis(instant.timestamp_millis()))
+            let ms = instant.timestamp_millis();
+            if !WRITABLE_MILLIS.contains(&ms) {
+                return Err(Violation::new(path, format!("timestamp {text} is outside years 0000 to 9999 in UTC")));
+            }
+            Ok(AvroValue::TimestampMillis(ms))
         }
         Schema::Array(array) => {
             let items = json.as_array().ok_or_else(mismatch)?;
@@ -349,6 +357,7 @@ pub(crate) fn avro_to_json(
         (Schema::Enum(_), AvroValue::Enum(_, symbol)) => JsonValue::String(symbol.clone()),
         (Schema::TimestampMillis, AvroValue::TimestampMillis(ms) | AvroValue::Long(ms)) => {
             let instant = DateTime::from_timestamp_millis(*ms)
+                .filter(|_| WRITABLE_MILLIS.contains(ms))
                 .ok_or_else(|| Violation::new(path, format!("timestamp {ms} ms since the epoch is out of range")))?;
             JsonValue::String(instant.to_rfc3339_opts(SecondsFormat::Millis, true))
         }

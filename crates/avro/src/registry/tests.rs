@@ -198,6 +198,22 @@ fn timestamps_accept_any_offset_and_come_back_as_utc_millis() {
     assert_eq!(decode(&encode(&event))["occurred_at"], json!("2024-05-01T10:00:00.000Z"));
 }
 
+/// Found by the `avro_single_object` fuzz target: an offset carried these past year 0000 or
+/// 9999 in UTC; they were encoded, then decoded to text no RFC 3339 reader takes back.
+#[test]
+fn timestamps_beyond_years_0000_to_9999_in_utc_are_violations() {
+    for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59"] {
+        let mut event = changed();
+        event["occurred_at"] = json!(text);
+        let (path, message) = violation(&event);
+        assert_eq!(path, "occurred_at", "{message}");
+        assert!(message.contains("outside years 0000 to 9999"), "{message}");
+    }
+    let mut event = changed();
+    event["occurred_at"] = json!("0000-01-01T00:00:00Z");
+    assert_eq!(decode(&encode(&event))["occurred_at"], json!("0000-01-01T00:00:00.000Z"));
+}
+
 #[test]
 fn optional_fields_may_be_missing_and_extra_fields_are_ignored() {
     let mut event = changed();
