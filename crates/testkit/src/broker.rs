@@ -132,7 +132,7 @@ impl Broker {
     /// The partition count of each topic that exists, by name.
     pub fn partition_counts(&self) -> Result<BTreeMap<String, usize>, Error> {
         let client: BaseConsumer = self.client().create().map_err(Error::kafka("creating a metadata client"))?;
-        partition_counts(&client)
+        partition_counts(&client, Counted::All)
     }
 
     /// Creates topics with `partitions` partitions each (one that exists already is left as it
@@ -158,33 +158,37 @@ impl Broker {
             Duration::from_secs(30),
             Duration::from_millis(50),
             || {
-                let led = led_partition_counts(&probe)?;
+                let led = partition_counts(&probe, Counted::Led)?;
                 Ok::<_, Error>(names.iter().all(|n| led.get(n) == Some(&(partitions as usize))).then_some(()))
             },
         )
     }
 }
 
-/// Per topic, how many of its partitions have a leader.
-fn led_partition_counts(client: &BaseConsumer) -> Result<BTreeMap<String, usize>, Error> {
+/// Which partitions a count takes in.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// Every partition the metadata lists.
+    All,
+    /// Only those with a leader, which a client can read and write.
+    Led,
+}
+
+/// Per topic that exists, how many of its partitions the metadata shows (`counted`).
+fn partition_counts(client: &BaseConsumer, counted: Counted) -> Result<BTreeMap<String, usize>, Error> {
     let metadata = client.fetch_metadata(None, Duration::from_secs(10)).map_err(Error::kafka("fetching metadata"))?;
     Ok(metadata
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
         .map(|t| {
-            (t.name().to_owned(), t.partitions().iter().filter(|p| p.error().is_none() && p.leader() >= 0).count())
+            let partitions = t.partitions().iter();
+            let count = match counted {
+                Counted::All => partitions.count(),
+                Counted::Led => partitions.filter(|p| p.error().is_none() && p.leader() >= 0).count(),
+            };
+            (t.name().to_owned(), count)
         })
-        .collect())
-}
-
-fn partition_counts(client: &BaseConsumer) -> Result<BTreeMap<String, usize>, Error> {
-    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).map_err(Error::kafka("fetching metadata"))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_owned(), t.partitions().len()))
         .collect())
 }
 
