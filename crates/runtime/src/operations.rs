@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::metadata::Metadata;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -81,6 +82,18 @@ pub enum OperationError {
         /// The partitions still behind, with where they are.
         behind: String,
     },
+}
+
+/// Whether a group request failed only because its coordinator is not ready yet.
+fn coordinator_not_ready(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
 }
 
 fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> OperationError {
@@ -181,10 +194,17 @@ impl Operations {
 
     /// The live members of consumer group `group` (empty when none is connected).
     pub fn group_members(&self, group: &str) -> Result<Vec<Member>, OperationError> {
-        let list = self
-            .client
-            .fetch_group_list(Some(group), REQUEST_TIMEOUT)
-            .map_err(kafka(format!("describing consumer group `{group}`")))?;
+        // A group's coordinator may still be loading its offsets partition (a broker that just
+        // started, a coordinator that moved): that answer is retriable, not a failure.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let list = loop {
+            match self.client.fetch_group_list(Some(group), REQUEST_TIMEOUT) {
+                Err(e) if coordinator_not_ready(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                other => break other.map_err(kafka(format!("describing consumer group `{group}`")))?,
+            }
+        };
         Ok(list
             .groups()
             .iter()
@@ -427,5 +447,23 @@ impl Operations {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `replay` once failed at once on CoordinatorLoadInProgress for its fresh group.
+    #[test]
+    fn only_a_coordinator_not_ready_is_asked_again() {
+        for code in [
+            RDKafkaErrorCode::CoordinatorLoadInProgress,
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::NotCoordinator,
+        ] {
+            assert!(coordinator_not_ready(&KafkaError::GroupListFetch(code)), "{code:?}");
+        }
+        assert!(!coordinator_not_ready(&KafkaError::GroupListFetch(RDKafkaErrorCode::GroupAuthorizationFailed)));
     }
 }
