@@ -12,6 +12,19 @@ pub enum AvroError {
     #[error("not an Avro single-object encoded message: {0}")]
     NotSingleObject(String),
 
+    /// The bytes are not in the Confluent wire format: too short, or the magic byte is not 0.
+    #[error("not a Confluent Schema Registry framed message: {0}")]
+    NotConfluentFramed(String),
+
+    /// The schema a registry holds under an id is no Avro schema of an event.
+    #[error("registry schema {id} cannot be read: {message}")]
+    WriterSchema {
+        /// The registry's schema id.
+        id: u32,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// The writer-schema fingerprint in the message is not one of the bundled schemas.
     /// Holds the 8 fingerprint bytes as hex, in the order they appear in the message
     /// (little-endian CRC-64-AVRO).

@@ -7,6 +7,10 @@
 //!
 //! The rest of crmflow works with the JSON form of events (a [`serde_json::Value`] object whose
 //! `"type"` member names the event type). This crate converts that form to and from Avro
+//! The [`confluent`] module reads and writes the Confluent Schema Registry wire format instead
+//! (a registry's schema id in place of the fingerprint); its writer schemas come from the
+//! registry, resolved against the same current schemas.
+//!
 //! [single-object encoding]: `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the
 //! writer schema's Parsing Canonical Form, then the Avro binary datum.
 //!
@@ -29,13 +33,19 @@
 //! Fingerprints follow the Avro spec (and the Java implementation) rather than apache-avro's
 //! `Schema::fingerprint`, which differs for logical types; see the `fingerprint` module.
 //!
+//! The [`confluent`] module reads and writes the Confluent Schema Registry wire format instead
+//! (a registry's schema id in place of the fingerprint); its writer schemas come from the
+//! registry, resolved against the same current schemas.
+//!
 //! [single-object encoding]: https://avro.apache.org/docs/current/specification/#single-object-encoding
 #![deny(missing_docs)]
 
+pub mod confluent;
 mod convert;
 mod error;
 mod fingerprint;
 mod registry;
 
+pub use confluent::WriterSchema;
 pub use error::AvroError;
 pub use registry::SchemaRegistry;

@@ -9,9 +9,11 @@ use std::sync::OnceLock;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::{Names, Schema};
 use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::Value as JsonValue;
 
+use crate::confluent::{self, WriterSchema};
 use crate::convert::{avro_to_json, collect_names, json_to_avro, Path};
 use crate::fingerprint::single_object_fingerprint;
 use crate::AvroError;
@@ -45,6 +47,8 @@ struct Entry {
     event_type: String,
     /// Where it came from, for messages.
     source: String,
+    /// The schema's JSON as written.
+    text: String,
     schema: Schema,
     /// The named types inside `schema`, for following references.
     names: Names,
@@ -128,31 +132,33 @@ impl SchemaRegistry {
     /// of its type. The event type is the JSON object's `"type"` field (e.g.
     /// `"CrmRecordChanged"`).
     pub fn encode(&self, event: &JsonValue) -> Result<Vec<u8>, AvroError> {
-        let object = event
-            .as_object()
-            .ok_or_else(|| AvroError::NotAnEvent(format!("expected a JSON object, got {}", json_kind(event))))?;
-        let event_type = match object.get("type") {
-            Some(JsonValue::String(t)) => t,
-            Some(other) => {
-                return Err(AvroError::NotAnEvent(format!(
-                    "\"type\" must be a string naming the event type, got {}",
-                    json_kind(other)
-                )))
-            }
-            None => return Err(AvroError::NotAnEvent("missing \"type\" field naming the event type".into())),
-        };
-        let entry = self.current.get(event_type).ok_or_else(|| AvroError::UnknownType(event_type.clone()))?;
+        self.write(event, |entry, bytes| {
+            bytes.extend_from_slice(&MARKER);
+            bytes.extend_from_slice(&entry.fingerprint);
+        })
+    }
+
+    /// Encodes the JSON form of an event in the Confluent wire format: magic byte 0, `schema_id`
+    /// (big-endian), then the Avro datum written with the current schema of its type, which the
+    /// caller registered under that id (see [`SchemaRegistry::schema_text`]).
+    pub fn encode_confluent(&self, event: &JsonValue, schema_id: u32) -> Result<Vec<u8>, AvroError> {
+        self.write(event, |_, bytes| confluent::write_header(schema_id, bytes))
+    }
+
+    /// Writes `event` with the current schema of its type, after the header `header` writes.
+    fn write(&self, event: &JsonValue, header: impl FnOnce(&Entry, &mut Vec<u8>)) -> Result<Vec<u8>, AvroError> {
+        let event_type = event_type_of(event)?;
+        let entry = self.current.get(event_type).ok_or_else(|| AvroError::UnknownType(event_type.to_owned()))?;
 
         let value = json_to_avro(&entry.schema, event, &entry.names, &Path::Root).map_err(|v| {
-            AvroError::SchemaViolation { event_type: event_type.clone(), path: v.path, message: v.message }
+            AvroError::SchemaViolation { event_type: event_type.to_owned(), path: v.path, message: v.message }
         })?;
 
         let internal =
-            |e: apache_avro::Error| AvroError::Encode { event_type: event_type.clone(), message: e.to_string() };
+            |e: apache_avro::Error| AvroError::Encode { event_type: event_type.to_owned(), message: e.to_string() };
         let writer = GenericDatumWriter::builder(&entry.schema).build().map_err(internal)?;
         let mut bytes = Vec::with_capacity(128);
-        bytes.extend_from_slice(&MARKER);
-        bytes.extend_from_slice(&entry.fingerprint);
+        header(entry, &mut bytes);
         writer.write_value_ref(&mut bytes, &value).map_err(internal)?;
         Ok(bytes)
     }
@@ -188,31 +194,34 @@ impl SchemaRegistry {
         // Every writer's event type has a current schema (checked in from_sources).
         let reader =
             self.current.get(&writer.event_type).ok_or_else(|| AvroError::UnknownType(writer.event_type.clone()))?;
-
         let context = |what: &str| format!("{} (written with {}): {what}", writer.event_type, writer.source);
         // A datum written with the current schema needs no resolution (nearly every record):
         // resolving it against itself would rebuild and walk the schema once more.
-        let builder = GenericDatumReader::builder(&writer.schema);
-        let datum_reader =
-            if std::ptr::eq(writer, reader) { builder.build() } else { builder.reader_schema(&reader.schema).build() }
-                .map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
-        let mut input = EofTracking { rest: datum, read_past_end: false };
-        let decoded = datum_reader.read_value(&mut input);
-        // Checked before the decode result: apache-avro 0.22 decodes a union whose index byte is
-        // missing (EOF) as `Union(0, Null)` instead of failing, so a message cut off before a
-        // trailing optional field would otherwise "succeed" with the field silently null.
-        if input.read_past_end {
-            return Err(AvroError::Undecodable(context("datum is truncated (the bytes end before the record does)")));
-        }
-        let value = decoded.map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
-        if !input.rest.is_empty() {
-            return Err(AvroError::Undecodable(context(&format!(
-                "{} trailing bytes after the datum",
-                input.rest.len()
-            ))));
-        }
+        let resolve_against = (!std::ptr::eq(writer, reader)).then_some(reader);
+        let value = read_datum(&writer.schema, resolve_against.map(|r| &r.schema), datum, &context)?;
+        self.to_event(reader, &value, &context)
+    }
 
-        let mut json = avro_to_json(&reader.schema, &value, &reader.names, &Path::Root)
+    /// Decodes an Avro datum written with `writer`, a schema a Confluent Schema Registry holds
+    /// (the bytes after the 5-byte header [`confluent::split`] removes), into the JSON form of
+    /// the event it names: the writer's record (or, for a union, the branch the datum picks) is
+    /// resolved against the current schema of the event type with the same name.
+    pub fn decode_confluent(&self, writer: &WriterSchema, datum: &[u8]) -> Result<JsonValue, AvroError> {
+        let event_type = writer.event_type(datum)?;
+        let reader = self.current.get(event_type).ok_or_else(|| AvroError::UnknownType(event_type.to_owned()))?;
+        let context = |what: &str| format!("{event_type} (written with registry schema {}): {what}", writer.id);
+        let value = read_datum(&writer.schema, Some(&reader.schema), datum, &context)?;
+        self.to_event(reader, &value, &context)
+    }
+
+    /// The JSON form of a datum already in `reader`'s shape, with its `"type"`.
+    fn to_event(
+        &self,
+        reader: &Entry,
+        value: &Value,
+        context: &dyn Fn(&str) -> String,
+    ) -> Result<JsonValue, AvroError> {
+        let mut json = avro_to_json(&reader.schema, value, &reader.names, &Path::Root)
             .map_err(|v| AvroError::Undecodable(context(&v.to_string())))?;
         match &mut json {
             JsonValue::Object(object) => {
@@ -222,6 +231,12 @@ impl SchemaRegistry {
             _ => return Err(AvroError::Undecodable(context("datum is not a record"))),
         }
         Ok(json)
+    }
+
+    /// The current schema of an event type as written in `schemas/` (what crmflow registers in
+    /// a Confluent Schema Registry for the topics it writes).
+    pub fn schema_text(&self, event_type: &str) -> Option<&str> {
+        self.current.get(event_type).map(|entry| entry.text.as_str())
     }
 
     /// The type names known (current schemas), in alphabetical order.
@@ -247,6 +262,50 @@ impl Read for EofTracking<'_> {
     }
 }
 
+/// Reads one datum written with `writer`, resolved against `reader` when given: the whole of
+/// `datum`, no byte more or less.
+fn read_datum(
+    writer: &Schema,
+    reader: Option<&Schema>,
+    datum: &[u8],
+    context: &dyn Fn(&str) -> String,
+) -> Result<Value, AvroError> {
+    let builder = GenericDatumReader::builder(writer);
+    let datum_reader = match reader {
+        Some(reader) => builder.reader_schema(reader).build(),
+        None => builder.build(),
+    }
+    .map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
+    let mut input = EofTracking { rest: datum, read_past_end: false };
+    let decoded = datum_reader.read_value(&mut input);
+    // Checked before the decode result: apache-avro 0.22 decodes a union whose index byte is
+    // missing (EOF) as `Union(0, Null)` instead of failing, so a message cut off before a
+    // trailing optional field would otherwise "succeed" with the field silently null.
+    if input.read_past_end {
+        return Err(AvroError::Undecodable(context("datum is truncated (the bytes end before the record does)")));
+    }
+    let value = decoded.map_err(|e| AvroError::Undecodable(context(&e.to_string())))?;
+    if !input.rest.is_empty() {
+        return Err(AvroError::Undecodable(context(&format!("{} trailing bytes after the datum", input.rest.len()))));
+    }
+    Ok(value)
+}
+
+/// The event type an event's JSON form names in its `"type"` member.
+fn event_type_of(event: &JsonValue) -> Result<&str, AvroError> {
+    let object = event
+        .as_object()
+        .ok_or_else(|| AvroError::NotAnEvent(format!("expected a JSON object, got {}", json_kind(event))))?;
+    match object.get("type") {
+        Some(JsonValue::String(t)) => Ok(t),
+        Some(other) => Err(AvroError::NotAnEvent(format!(
+            "\"type\" must be a string naming the event type, got {}",
+            json_kind(other)
+        ))),
+        None => Err(AvroError::NotAnEvent("missing \"type\" field naming the event type".into())),
+    }
+}
+
 fn parse_entry(source: &str, json: &str) -> Result<Entry, String> {
     let schema = Schema::parse_str(json).map_err(|e| format!("{source}: {e}"))?;
     let Schema::Record(record) = &schema else {
@@ -256,7 +315,7 @@ fn parse_entry(source: &str, json: &str) -> Result<Entry, String> {
     let fingerprint = single_object_fingerprint(&schema).map_err(|e| format!("{source}: {e}"))?;
     let mut names = Names::new();
     collect_names(&schema, &mut names);
-    Ok(Entry { event_type, source: source.to_owned(), schema, names, fingerprint })
+    Ok(Entry { event_type, source: source.to_owned(), text: json.to_owned(), schema, names, fingerprint })
 }
 
 fn hex(bytes: &[u8]) -> String {

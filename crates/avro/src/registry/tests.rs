@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::confluent;
 use crate::fingerprint::{canonical_form, rabin};
 
 fn registry() -> &'static SchemaRegistry {
@@ -403,4 +404,85 @@ fn incompatible_history_is_rejected_at_construction() {
         "fields":[{"name":"company_id","type":"long"}]}"#;
     let built = SchemaRegistry::from_sources(CURRENT, &[("bad.avsc", incompatible)]);
     assert!(matches!(&built, Err(m) if m.starts_with("bad.avsc")), "{built:?}");
+}
+
+/// The writer schema a registry would hold for an event type's current schema.
+fn registered(id: u32, event_type: &str) -> WriterSchema {
+    let text = registry().schema_text(event_type).unwrap_or_else(|| panic!("no schema for {event_type}"));
+    WriterSchema::parse(id, text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Confluent-framed bytes of `event` under schema id `id`, split again into id and datum.
+fn confluent_datum(event: &JsonValue, id: u32) -> Vec<u8> {
+    let bytes = registry().encode_confluent(event, id).unwrap_or_else(|e| panic!("{e}"));
+    let (read_id, datum) = confluent::split(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read_id, id);
+    datum.to_vec()
+}
+
+#[test]
+fn every_event_type_round_trips_in_the_confluent_format() {
+    for (i, event) in examples().into_iter().enumerate() {
+        let id = 100 + i as u32;
+        let writer = registered(id, event["type"].as_str().unwrap_or_default());
+        let back = registry().decode_confluent(&writer, &confluent_datum(&event, id));
+        assert_eq!(back.unwrap_or_else(|e| panic!("{e}")), event);
+    }
+}
+
+#[test]
+fn a_confluent_v1_writer_resolves_against_the_current_reader() {
+    let Some(v1) = registry().history.first() else { panic!("no history schema") };
+    let mut event = changed();
+    let Some(object) = event.as_object_mut() else { panic!("not an object") };
+    object.remove("users");
+    let value = json_to_avro(&v1.schema, &event, &v1.names, &Path::Root).unwrap_or_else(|e| panic!("{e}"));
+    let mut datum = Vec::new();
+    let written = GenericDatumWriter::builder(&v1.schema).build().and_then(|w| w.write_value_ref(&mut datum, &value));
+    assert!(written.is_ok(), "{written:?}");
+    let writer = WriterSchema::parse(7, &v1.text).unwrap_or_else(|e| panic!("{e}"));
+    let back = registry().decode_confluent(&writer, &datum).unwrap_or_else(|e| panic!("{e}"));
+    event["users"] = JsonValue::Null;
+    assert_eq!(back, event);
+}
+
+/// A topic of several event types under TopicNameStrategy: its subject holds a union of their
+/// records, and the datum's branch says which event it is.
+#[test]
+fn a_union_writer_schema_decodes_each_branch_as_its_event() {
+    let assigned = registry().schema_text("UserAssignedToTeam").unwrap_or_default();
+    let removed = registry().schema_text("UserRemovedFromTeam").unwrap_or_default();
+    let writer = WriterSchema::parse(9, &format!("[{assigned},{removed}]")).unwrap_or_else(|e| panic!("{e}"));
+    let team_events: Vec<JsonValue> =
+        examples().into_iter().filter(|e| e["type"].as_str().unwrap_or_default().contains("Team")).collect();
+    assert_eq!(team_events.len(), 2);
+    for event in team_events {
+        let branch = if event["type"] == "UserAssignedToTeam" { 0u8 } else { 2u8 };
+        let mut datum = vec![branch];
+        datum.extend(confluent_datum(&event, 9));
+        let back = registry().decode_confluent(&writer, &datum).unwrap_or_else(|e| panic!("{branch}: {e}"));
+        assert_eq!(back, event);
+    }
+}
+
+#[test]
+fn confluent_datums_that_do_not_fit_are_undecodable() {
+    let event = changed();
+    let datum = confluent_datum(&event, 1);
+    let writer = registered(1, "CrmRecordChanged");
+    for len in 0..datum.len() {
+        let err = registry().decode_confluent(&writer, &datum[..len]);
+        assert!(matches!(err, Err(AvroError::Undecodable(_))), "at {len}: {err:?}");
+    }
+    // A schema whose record crmflow does not know, and one it cannot read as its own.
+    let foreign =
+        WriterSchema::parse(2, r#"{"type":"record","name":"Invoice","fields":[]}"#).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(registry().decode_confluent(&foreign, &[]), Err(AvroError::UnknownType(t)) if t == "Invoice"));
+    let incompatible = WriterSchema::parse(
+        3,
+        r#"{"type":"record","name":"UserAssignedToTeam","fields":[{"name":"company_id","type":"long"}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = registry().decode_confluent(&incompatible, &[0x02]);
+    assert!(matches!(&err, Err(AvroError::Undecodable(m)) if m.contains("registry schema 3")), "{err:?}");
 }
