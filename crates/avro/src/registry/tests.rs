@@ -226,21 +226,26 @@ fn optional_fields_may_be_missing_and_extra_fields_are_ignored() {
     assert!(back.get("unknown_extra").is_none());
 }
 
-#[test]
-fn history_v1_message_decodes_with_current_reader() {
+/// The v1 schema of CrmRecordChanged, an event v1 can hold (no `users`), and its v1 datum.
+fn v1_datum() -> (&'static Entry, JsonValue, Vec<u8>) {
     let Some(v1) = registry().history.first() else { panic!("no history schema") };
     let mut event = changed();
     let Some(object) = event.as_object_mut() else { panic!("not an object") };
     object.remove("users");
-    // Write the datum exactly as a v1 producer would have: v1 schema, v1 fingerprint.
-    let value = match json_to_avro(&v1.schema, &event, &v1.names, &Path::Root) {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    };
+    let value = json_to_avro(&v1.schema, &event, &v1.names, &Path::Root).unwrap_or_else(|e| panic!("{e}"));
+    let mut datum = Vec::new();
+    let written = GenericDatumWriter::builder(&v1.schema).build().and_then(|w| w.write_value_ref(&mut datum, &value));
+    assert!(written.is_ok(), "{written:?}");
+    (v1, event, datum)
+}
+
+#[test]
+fn history_v1_message_decodes_with_current_reader() {
+    let (v1, mut event, datum) = v1_datum();
+    // The message exactly as a v1 producer would have written it: v1 fingerprint, v1 datum.
     let mut bytes = MARKER.to_vec();
     bytes.extend_from_slice(&v1.fingerprint);
-    let written = GenericDatumWriter::builder(&v1.schema).build().and_then(|w| w.write_value_ref(&mut bytes, &value));
-    assert!(written.is_ok(), "{written:?}");
+    bytes.extend_from_slice(&datum);
 
     let back = decode(&bytes);
     assert_eq!(back["users"], JsonValue::Null);
@@ -432,14 +437,7 @@ fn every_event_type_round_trips_in_the_confluent_format() {
 
 #[test]
 fn a_confluent_v1_writer_resolves_against_the_current_reader() {
-    let Some(v1) = registry().history.first() else { panic!("no history schema") };
-    let mut event = changed();
-    let Some(object) = event.as_object_mut() else { panic!("not an object") };
-    object.remove("users");
-    let value = json_to_avro(&v1.schema, &event, &v1.names, &Path::Root).unwrap_or_else(|e| panic!("{e}"));
-    let mut datum = Vec::new();
-    let written = GenericDatumWriter::builder(&v1.schema).build().and_then(|w| w.write_value_ref(&mut datum, &value));
-    assert!(written.is_ok(), "{written:?}");
+    let (v1, mut event, datum) = v1_datum();
     let writer = WriterSchema::parse(7, &v1.text).unwrap_or_else(|e| panic!("{e}"));
     let back = registry().decode_confluent(&writer, &datum).unwrap_or_else(|e| panic!("{e}"));
     event["users"] = JsonValue::Null;
